@@ -1,0 +1,87 @@
+"""The backup assets of one source: roles → full dump + schema dumps (one snapshot) → table files → manifest.
+
+Each function is a thin Dagster wrapper: the work lives in dumps.py, tiers/ and publish.py; here we validate
+the partition, call the work, and turn what it measured into metadata the UI shows.
+"""
+
+
+import time
+
+import dagster as dg
+
+from pg_backup_dagster.assets.context import postgres_key, step_context, target_key
+from pg_backup_dagster.assets.metadata import dump_metadata, roles_metadata, table_tier_metadata
+from pg_backup_dagster.config import SourceConfig
+from pg_backup_dagster.dumps import app_name, dump_full_and_schemas, dump_roles
+from pg_backup_dagster.publish import publish_backup
+from pg_backup_dagster.table_tier import split_tables
+
+ROLES, FULL, SCHEMAS, TABLES, MANIFEST = "roles_sql", "full_dump", "schema_dumps", "table_dumps", "backup_manifest"
+
+
+def asset_key(source: SourceConfig, name: str) -> dg.AssetKey:
+    return dg.AssetKey([source.name, name])
+
+
+def build_backup_assets(source: SourceConfig, partitions: dg.DynamicPartitionsDefinition) -> list:
+    """All asset definitions of one source, sharing its partitions, pool and resources."""
+    resources = {postgres_key(source), target_key(source)}
+    common = {"partitions_def": partitions, "pool": source.pool, "group_name": source.name,
+              "required_resource_keys": resources}
+
+    @dg.asset(key=asset_key(source, ROLES), kinds={"postgres", "sql"},
+              description="Cluster roles (pg_dumpall --roles-only, no password hashes).", **common)
+    def roles_sql(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        step = step_context(context, source)
+        step.pg.server_major(app_name(step.backup_id, "roles"))
+        dumped = dump_roles(step.pg, step.staging, source.profile)
+        step.staging.save("roles", {"file": dumped.path, "size": dumped.size, "seconds": dumped.seconds})
+        return dg.MaterializeResult(metadata=roles_metadata(step.staging, dumped))
+
+    @dg.multi_asset(
+        name=f"{source.name}_dumps",
+        specs=[
+            dg.AssetSpec(asset_key(source, FULL), kinds={"postgres"},
+                         description="Whole database, pg_dump custom format, from the backup's snapshot."),
+            dg.AssetSpec(asset_key(source, SCHEMAS), kinds={"postgres"},
+                         description="One custom-format archive per user schema, from the same snapshot."),
+        ],
+        **common,
+    )
+    def dumps(context: dg.AssetExecutionContext):
+        step = step_context(context, source)
+        started = time.monotonic()
+        major = step.pg.server_major(app_name(step.backup_id, "full"))
+        result = dump_full_and_schemas(step.pg, step.staging, source.profile, catalog_hook=catalog_reader(source))
+        result.update(server_major=major, pg_dump_version=step.pg.tools().version, seconds=time.monotonic() - started)
+        step.staging.save("dumps", result)
+        full_meta, schema_meta = dump_metadata(result)
+        yield dg.MaterializeResult(asset_key=asset_key(source, FULL), metadata=full_meta)
+        yield dg.MaterializeResult(asset_key=asset_key(source, SCHEMAS), metadata=schema_meta)
+
+    @dg.asset(key=asset_key(source, TABLES), deps=[asset_key(source, FULL)], kinds={"sql"},
+              description="Per-table schema.sql/data.sql/post.sql/fk.sql split from the full archive.", **common)
+    def table_dumps(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        step = step_context(context, source)
+        tier = split_tables(step.pg.tools(), step.staging)
+        step.staging.save("tables", tier)
+        return dg.MaterializeResult(metadata=table_tier_metadata(tier))
+
+    @dg.asset(key=asset_key(source, MANIFEST),
+              deps=[asset_key(source, n) for n in (ROLES, FULL, SCHEMAS, TABLES)], kinds={"json"},
+              description="Checksums of every file; published last, then latest.json moves.", **common)
+    def backup_manifest(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        step = step_context(context, source)
+        published = publish_backup(source, step.storage, step.staging, context.log)
+        return dg.MaterializeResult(metadata=published.metadata())
+
+    return [roles_sql, dumps, table_dumps, backup_manifest]
+
+
+def catalog_reader(source: SourceConfig):
+    """Read the table catalog inside the snapshot, so table files map to the exact dumped objects."""
+    from pg_backup_dagster.profiles import get_profile
+    from pg_backup_dagster.tiers.catalog import fetch_table_catalog
+
+    excluded = set(get_profile(source.profile).excluded_schemas)
+    return lambda conn: fetch_table_catalog(conn, exclude_schemas=excluded).to_json()

@@ -1,0 +1,64 @@
+"""The blocking checks of one source's backup. Each records its result in staging for the manifest.
+
+A failing check has ERROR severity and is blocking: the manifest step is skipped, nothing is published,
+latest.json stays on the previous good backup.
+"""
+
+
+import dagster as dg
+
+from pg_backup_dagster.assets.backup import FULL, ROLES, SCHEMAS, TABLES, asset_key
+from pg_backup_dagster.assets.context import postgres_key, step_context, target_key
+from pg_backup_dagster.checks import verify_tiers
+from pg_backup_dagster.config import SourceConfig
+from pg_backup_dagster.manifest import CHECK_PREFIX
+
+
+def _result(context, source: SourceConfig, name: str, outcome: verify_tiers.CheckOutcome) -> dg.AssetCheckResult:
+    step = step_context(context, source)
+    step.staging.save(CHECK_PREFIX + name, outcome.record())
+    if not outcome.passed:
+        context.log.error(f"check {name} failed: {outcome.description}")
+    return dg.AssetCheckResult(
+        passed=outcome.passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=outcome.description,
+        metadata=outcome.metadata,
+    )
+
+
+def build_backup_checks(source: SourceConfig) -> list[dg.AssetChecksDefinition]:
+    """Checks for the four tiers of one source."""
+    resources = {postgres_key(source), target_key(source)}
+    common = {"blocking": True, "required_resource_keys": resources, "pool": source.pool}
+
+    @dg.asset_check(asset=asset_key(source, FULL), name="full_dump_restores",
+                    description="pg_restore -j into a throwaway database; exact row counts equal dump time.", **common)
+    def full_dump_restores(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        step = step_context(context, source)
+        restore_url = verify_tiers.restore_url_for(source)
+        return _result(context, source, "full_dump_restores",
+                       verify_tiers.check_full_restore(step, restore_url, source.restore_jobs))
+
+    @dg.asset_check(asset=asset_key(source, SCHEMAS), name="schema_dumps_complete",
+                    description="Every user schema has a readable archive, and nothing extra.", **common)
+    def schema_dumps_complete(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        return _result(context, source, "schema_dumps_complete",
+                       verify_tiers.check_schema_archives(step_context(context, source)))
+
+    @dg.asset_check(asset=asset_key(source, TABLES), name="table_dumps_restore",
+                    description="Every table has its files; each restores its exact rows into a scratch db.", **common)
+    def table_dumps_restore(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        step = step_context(context, source)
+        return _result(context, source, "table_dumps_restore",
+                       verify_tiers.check_table_files(step, verify_tiers.restore_url_for(source),
+                                                      source.table_check_sample))
+
+    @dg.asset_check(asset=asset_key(source, ROLES), name="roles_sql_loadable",
+                    description="roles.sql present, without password hashes, and loads into a scratch server.",
+                    **common)
+    def roles_sql_loadable(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        return _result(context, source, "roles_sql_loadable",
+                       verify_tiers.check_roles_file(step_context(context, source)))
+
+    return [full_dump_restores, schema_dumps_complete, table_dumps_restore, roles_sql_loadable]

@@ -1,0 +1,159 @@
+"""Sources to back up: from a YAML file (`PG_BACKUP_CONFIG`, several sources) or single-source env variables.
+
+A bad config fails at load with one line naming the field, before Dagster builds anything.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+from psycopg.conninfo import conninfo_to_dict
+
+from pg_backup_dagster.errors import BackupError
+from pg_backup_dagster.retention import RetentionPolicy
+
+SOURCE_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
+PROFILES = ("plain", "supabase")
+DEFAULT_TIERS = ("roles", "full", "schema", "table")
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """Everything one source database needs: where it is, where backups go, when and how to keep them."""
+
+    name: str = "main"
+    dsn_env: str = "PG_BACKUP_DATABASE_URL"
+    dsn: str | None = None
+    target: str = "./backups"
+    profile: str = "plain"
+    max_connections: int = 4
+    schedule: str | None = None
+    timezone: str = "UTC"
+    restore_url_env: str | None = "PG_BACKUP_RESTORE_URL"
+    pg_bin: str | None = None
+    table_check_sample: int | None = None
+    retry_attempts: int = 5
+    retry_max_wait: float = 20.0
+    restore_jobs: int = 2
+    sse: str | None = None
+    kms_key_id: str | None = None
+    storage_class: str | None = None
+    age_recipients: tuple[str, ...] = ()
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
+    retention_after_backup: bool = False
+    freshness_hours: float | None = None
+
+    def __post_init__(self) -> None:
+        _check(SOURCE_NAME_RE.match(self.name) is not None, "name", f"{self.name!r} must match [a-z][a-z0-9_]*")
+        _check(self.profile in PROFILES, "profile", f"{self.profile!r} must be one of {', '.join(PROFILES)}")
+        _check(2 <= self.max_connections <= 64, "max_connections", "must be between 2 and 64")
+        _check(1 <= self.retry_attempts <= 20, "retry_attempts", "must be between 1 and 20")
+        _check(1 <= self.restore_jobs <= 32, "restore_jobs", "must be between 1 and 32")
+        _check(bool(self.target), "target", "must not be empty")
+        if self.dsn is not None:
+            _check(not _has_password(self.dsn), "dsn", "must not contain a password: use dsn_env or PGPASSFILE")
+
+    @property
+    def partitions_name(self) -> str:
+        return f"{self.name}_backups"
+
+    @property
+    def pool(self) -> str:
+        return f"pg_backup_{self.name}"
+
+
+def _check(ok: bool, field_name: str, message: str) -> None:
+    if not ok:
+        raise BackupError(f"invalid config field '{field_name}': {message}")
+
+
+def _has_password(dsn: str) -> bool:
+    try:
+        return bool(conninfo_to_dict(dsn).get("password"))
+    except Exception:  # unparsable DSN: reported by the connection itself, but never echoed
+        raise BackupError("invalid config field 'dsn': not a valid PostgreSQL connection string") from None
+
+
+_FIELD_NAMES = {f.name for f in fields(SourceConfig)}
+
+
+def source_from_mapping(data: dict[str, Any], where: str) -> SourceConfig:
+    """Build one source, naming the field of any problem."""
+    if not isinstance(data, dict):
+        raise BackupError(f"invalid config {where}: expected a mapping of settings")
+    unknown = sorted(set(data) - _FIELD_NAMES)
+    if unknown:
+        raise BackupError(f"invalid config {where}: unknown field '{unknown[0]}'")
+    values = dict(data)
+    try:
+        values["retention"] = RetentionPolicy.from_mapping(values.get("retention"))
+        values["age_recipients"] = tuple(values.get("age_recipients") or ())
+        return SourceConfig(**values)
+    except TypeError as exc:
+        raise BackupError(f"invalid config {where}: {exc}") from None
+
+
+def load_config_file(path: Path) -> list[SourceConfig]:
+    """Parse a YAML config with a top-level `sources:` list."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise BackupError(f"cannot read config {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise BackupError(f"config {path} is not valid YAML{at}") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("sources"), list) or not raw["sources"]:
+        raise BackupError(f"invalid config {path}: expected a non-empty 'sources:' list")
+    sources = [source_from_mapping(item, f"{path} sources[{i}]") for i, item in enumerate(raw["sources"])]
+    names = [s.name for s in sources]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise BackupError(f"invalid config {path}: source name '{duplicates[0]}' appears twice")
+    return sources
+
+
+def source_from_env(env: dict[str, str]) -> SourceConfig:
+    """The single-source setup: PG_BACKUP_DATABASE_URL, PG_BACKUP_TARGET, PG_BACKUP_SOURCE, PG_BACKUP_PROFILE."""
+    values: dict[str, Any] = {
+        "name": env.get("PG_BACKUP_SOURCE", "main"),
+        "target": env.get("PG_BACKUP_TARGET", "./backups"),
+        "profile": env.get("PG_BACKUP_PROFILE", "plain"),
+    }
+    if env.get("PG_BACKUP_SCHEDULE"):
+        values["schedule"] = env["PG_BACKUP_SCHEDULE"]
+    if env.get("PG_BACKUP_MAX_CONNECTIONS"):
+        values["max_connections"] = _int_env(env, "PG_BACKUP_MAX_CONNECTIONS")
+    return source_from_mapping(values, "from environment")
+
+
+def _int_env(env: dict[str, str], key: str) -> int:
+    try:
+        return int(env[key])
+    except ValueError:
+        raise BackupError(f"invalid {key}: {env[key]!r} is not an integer") from None
+
+
+def load_sources(env: dict[str, str] | None = None) -> list[SourceConfig]:
+    """All configured sources: the YAML file when PG_BACKUP_CONFIG is set, else one source from env."""
+    env = dict(os.environ if env is None else env)
+    if env.get("PG_BACKUP_CONFIG"):
+        return load_config_file(Path(env["PG_BACKUP_CONFIG"]))
+    return [source_from_env(env)]
+
+
+def find_source(sources: list[SourceConfig], name: str | None) -> SourceConfig:
+    """Pick a source by name (the only one when name is None)."""
+    if name is None:
+        if len(sources) == 1:
+            return sources[0]
+        raise BackupError(f"several sources configured ({', '.join(s.name for s in sources)}): pass --source")
+    for source in sources:
+        if source.name == name:
+            return source
+    raise BackupError(f"unknown source '{name}': configured are {', '.join(s.name for s in sources)}")

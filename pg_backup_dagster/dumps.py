@@ -1,0 +1,140 @@
+"""The dump work of one backup, independent of Dagster: roles, and full + per-schema archives from one snapshot."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from pg_backup_dagster.files import atomic_path
+from pg_backup_dagster.paths import encode_segment
+from pg_backup_dagster.profiles import filter_roles_sql, get_profile
+from pg_backup_dagster.resources.postgres import PostgresResource
+from pg_backup_dagster.staging import Staging
+
+SYSTEM_SCHEMA_FILTER = (
+    "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' "
+    "AND n.nspname NOT LIKE 'pg\\_temp%'"
+)
+
+
+def app_name(backup_id: str, tier: str) -> str:
+    """application_name a DBA sees in pg_stat_activity for our work."""
+    return f"pg_backup_dagster/{backup_id}/{tier}"
+
+
+@dataclass
+class DumpedFile:
+    """One archive written by pg_dump, with what the metadata and manifest need."""
+
+    path: str
+    size: int
+    seconds: float
+    schema: str | None = None
+
+
+def dump_roles(pg: PostgresResource, staging: Staging, profile_name: str) -> DumpedFile:
+    """pg_dumpall --roles-only without password hashes; stderr never lands in the file."""
+    profile = get_profile(profile_name)
+    started = time.monotonic()
+    with atomic_path(staging.roles_file) as tmp:
+        raw = tmp.with_suffix(".raw")
+        try:
+            with raw.open("wb") as out:
+                pg.run_tool("pg_dumpall", list(profile.pg_dumpall_args), app_name(staging.backup_id, "roles"), stdout=out)
+            tmp.write_text(filter_roles_sql(raw.read_text(encoding="utf-8"), profile), encoding="utf-8")
+        finally:
+            raw.unlink(missing_ok=True)
+    return DumpedFile("roles.sql", staging.roles_file.stat().st_size, time.monotonic() - started)
+
+
+def user_schemas(conn: psycopg.Connection, excluded: frozenset[str]) -> list[str]:
+    rows = conn.execute(f"SELECT n.nspname FROM pg_namespace n WHERE {SYSTEM_SCHEMA_FILTER} ORDER BY 1").fetchall()
+    return [r[0] for r in rows if r[0] not in excluded]
+
+
+def exact_row_counts(conn: psycopg.Connection, excluded: frozenset[str]) -> list[dict]:
+    """count(*) of every table with data of its own, inside the snapshot: what a restore must reproduce."""
+    tables = conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        f"WHERE c.relkind = 'r' AND {SYSTEM_SCHEMA_FILTER} ORDER BY 1, 2"
+    ).fetchall()
+    counts = []
+    for schema, table in tables:
+        if schema in excluded:
+            continue
+        query = sql.SQL("SELECT count(*) FROM ONLY {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+        counts.append({"schema": schema, "table": table, "rows": conn.execute(query).fetchone()[0]})
+    return counts
+
+
+def exact_pattern(name: str) -> str:
+    """A pg_dump -n/-N pattern that matches exactly this name (no wildcard or case folding)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _pg_dump(pg: PostgresResource, out: Path, snapshot: str, app: str, extra: list[str]) -> float:
+    started = time.monotonic()
+    with atomic_path(out) as tmp:
+        args = ["--format=custom", "--no-owner", "--no-privileges", f"--snapshot={snapshot}", "--file", str(tmp)]
+        pg.run_tool("pg_dump", args + extra, app)
+    return time.monotonic() - started
+
+
+def _schema_file(staging: Staging, schema: str, seconds: float) -> DumpedFile:
+    path = staging.schema_dump(encode_segment(schema))
+    return DumpedFile(path.relative_to(staging.root).as_posix(), path.stat().st_size, seconds, schema)
+
+
+def clear_dump_outputs(staging: Staging) -> None:
+    """Forget archives from an earlier try of this backup id so nothing stale is published."""
+    staging.full_dump.unlink(missing_ok=True)
+    for old in staging.root.glob(f"*/*_schema_{staging.backup_id}.dump"):
+        old.unlink()
+
+
+def dump_full_and_schemas(
+    pg: PostgresResource, staging: Staging, profile_name: str, catalog_hook=None
+) -> dict:
+    """Export one snapshot; dump the whole database and every user schema in it, in parallel under the budget.
+
+    While the dumps run, the snapshot connection counts rows and (via catalog_hook) reads the catalog,
+    so counts, catalog and all archives describe the same instant.
+    """
+    excluded = get_profile(profile_name).excluded_schemas
+    clear_dump_outputs(staging)
+    bid = staging.backup_id
+    with pg.exported_snapshot(app_name(bid, "snapshot")) as (conn, snapshot):
+        schemas = user_schemas(conn, excluded)
+        exclude_args = [f"--exclude-schema={exact_pattern(s)}" for s in sorted(excluded)]
+        workers = max(1, pg.max_connections - 1)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            full = pool.submit(_pg_dump, pg, staging.full_dump, snapshot, app_name(bid, "full"), exclude_args)
+            per_schema = {
+                schema: pool.submit(
+                    _pg_dump, pg, staging.schema_dump(encode_segment(schema)), snapshot,
+                    app_name(bid, "schema"), [f"--schema={exact_pattern(schema)}", "--strict-names"],
+                )
+                for schema in schemas
+            }
+            counts = exact_row_counts(conn, excluded)
+            catalog = catalog_hook(conn) if catalog_hook else None
+            full_seconds = full.result()
+            schema_files = [asdict(_schema_file(staging, s, f.result())) for s, f in per_schema.items()]
+    full_file = DumpedFile(staging.full_dump.name, staging.full_dump.stat().st_size, full_seconds)
+    return {"snapshot": snapshot, "full": asdict(full_file), "schemas": schema_files, "row_counts": counts,
+            "catalog": catalog}
+
+
+def database_size(pg: PostgresResource, backup_id: str) -> int:
+    with pg.connect(app_name(backup_id, "size")) as conn:
+        return conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+
+
+def remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

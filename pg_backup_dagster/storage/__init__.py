@@ -1,0 +1,86 @@
+"""Backup targets: a local directory or s3://bucket/prefix, behind one BackupStorage interface."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from pg_backup_dagster.errors import BackupError
+from pg_backup_dagster.storage.base import LATEST_NAME, MANIFEST_NAME, BackupStorage
+from pg_backup_dagster.storage.encryption import IDENTITY_ENV, decrypt_file, encrypt_file, generate_identity
+from pg_backup_dagster.storage.local import LocalStorage
+from pg_backup_dagster.storage.s3 import S3Storage
+
+__all__ = [
+    "IDENTITY_ENV",
+    "LATEST_NAME",
+    "MANIFEST_NAME",
+    "BackupStorage",
+    "LocalStorage",
+    "S3Storage",
+    "decrypt_file",
+    "encrypt_file",
+    "generate_identity",
+    "open_storage",
+]
+
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-_]{1,254}$", re.I)
+
+
+def open_storage(
+    url: str,
+    *,
+    sse: str | None = None,
+    kms_key_id: str | None = None,
+    storage_class: str | None = None,
+    part_size: int | None = None,
+    recipients: list[str] | None = None,
+) -> BackupStorage:
+    """The storage for a target URL: a path, file:///path, or s3://bucket/prefix.
+
+    S3 targets check the bucket at open (missing bucket or denied access fail here, clearly); local
+    targets are created if needed and must be writable.
+    """
+    if not isinstance(url, str) or not url.strip():
+        raise BackupError("backup target is empty: set a directory or s3://bucket/prefix")
+    url = url.strip()
+    if url.startswith("s3://"):
+        bucket, prefix = _parse_s3(url)
+        return S3Storage(
+            bucket,
+            prefix,
+            sse=sse,
+            kms_key_id=kms_key_id,
+            storage_class=storage_class,
+            part_size=part_size,
+            recipients=recipients,
+        )
+    if sse or kms_key_id or storage_class:
+        raise BackupError("sse, kms_key_id and storage_class apply to s3:// targets only")
+    return LocalStorage(_parse_local(url), recipients=recipients)
+
+
+def _parse_s3(url: str) -> tuple[str, str]:
+    parsed = urlparse(url)
+    if "@" in parsed.netloc:
+        raise BackupError("credentials do not belong in the target URL; use the AWS environment variables")
+    if not _BUCKET_RE.match(parsed.netloc or ""):
+        raise BackupError(f"invalid S3 target {url!r}: expected s3://bucket/prefix")
+    if parsed.query or parsed.fragment:
+        raise BackupError(f"invalid S3 target {url!r}: no query or fragment allowed")
+    prefix = parsed.path.strip("/")
+    if any(part in (".", "..") for part in prefix.split("/")) or "//" in prefix:
+        raise BackupError(f"invalid S3 prefix in {url!r}")
+    return parsed.netloc, prefix
+
+
+def _parse_local(url: str) -> Path:
+    if url.startswith("file://"):
+        parsed = urlparse(url)
+        if parsed.netloc not in ("", "localhost"):
+            raise BackupError(f"file URL {url!r} names a remote host; use a local path")
+        return Path(unquote(parsed.path))
+    if re.match(r"^[a-z][a-z0-9+.-]*://", url, re.I):
+        raise BackupError(f"unsupported backup target {url.split('://')[0]}://: use a directory or s3://bucket/prefix")
+    return Path(url)

@@ -1,0 +1,17 @@
+"""Tiers derived from the full dump: the per-table tier (catalog, split, restore, compatibility)."""
+
+from pg_backup_dagster.tiers.catalog import TableCatalog, TableInfo, fetch_table_catalog
+from pg_backup_dagster.tiers.sql_compat import compatible_lines
+from pg_backup_dagster.tiers.table_restore import restore_tables
+from pg_backup_dagster.tiers.table_split import SplitResult, TableDump, split_archive
+
+__all__ = [
+    "SplitResult",
+    "TableCatalog",
+    "TableDump",
+    "TableInfo",
+    "compatible_lines",
+    "fetch_table_catalog",
+    "restore_tables",
+    "split_archive",
+]

@@ -1,0 +1,552 @@
+"""Split one custom-format archive into standalone per-table SQL files, in one streaming pg_restore pass.
+
+Why this way (see DESIGN.md, "Per-table tier"): one pg_restore per table is quadratic in TOC size, so the
+TOC is listed once, reordered so every file's entries are contiguous, and streamed once through
+`pg_restore -v -O -x -L list -f -`. The stream is cut at the exact `-- TOC entry <id>` headers, accepted
+only at top level (outside literals) and only in the requested order; every requested entry must be seen
+exactly once, so a forged or missing header fails the split instead of misfiling SQL. Entries are
+attributed by oid and dependency, never by the printed names. Table data is streamed, never buffered.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from pg_backup_dagster.errors import BackupError, one_line
+from pg_backup_dagster.paths import encode_segment
+from pg_backup_dagster.tiers.catalog import PG_CLASS, TableCatalog
+from pg_backup_dagster.tiers.sql_compat import (
+    ChunkReader,
+    LineKind,
+    ScriptScanner,
+    is_restrict_line,
+    setting_name,
+)
+
+KINDS = ("schema", "data", "post", "fk")
+GLOBAL_OBJECTS = "global_objects.sql"
+GLOBAL_OBJECTS_LATE = "global_objects_late.sql"
+
+# Entries pg_restore never prints for `-O -x` without -C: leave them out of the list.
+_SKIPPED = {"ENCODING", "STDSTRINGS", "SEARCHPATH", "DATABASE", "DATABASE PROPERTIES", "ACL", "DEFAULT ACL"}
+# Descriptions, with the catalog each one's entry carries when a shorter description is a prefix of it
+# (a TABLE in schema "DATA" prints like TABLE DATA): 0 means "no catalog", None "not ambiguous".
+_DESCS: dict[str, int | None] = {
+    "TABLE": 1259,
+    "TABLE DATA": 0,
+    "TABLE ATTACH": 0,
+    "SEQUENCE": 1259,
+    "SEQUENCE SET": 0,
+    "SEQUENCE OWNED BY": 0,
+    "INDEX": 1259,
+    "INDEX ATTACH": 0,
+    "MATERIALIZED VIEW": 1259,
+    "MATERIALIZED VIEW DATA": 0,
+    "STATISTICS": 3381,
+    "STATISTICS DATA": 0,
+    "DEFAULT": 2604,
+    "DEFAULT ACL": 826,
+    "DATABASE": 1262,
+    "DATABASE PROPERTIES": 0,
+    "PUBLICATION": 6104,
+    "PUBLICATION TABLE": 6106,
+    "PUBLICATION TABLES IN SCHEMA": 6237,
+    "BLOB": None,
+    "BLOB METADATA": 2613,
+    "BLOBS": 0,
+    "FK CONSTRAINT": None,
+    "CHECK CONSTRAINT": None,
+    "CONSTRAINT": None,
+    "TRIGGER": None,
+    "EVENT TRIGGER": None,
+    "RULE": None,
+    "POLICY": None,
+    "ROW SECURITY": 0,
+    "COMMENT": 0,
+    "SECURITY LABEL": 0,
+    "ACL": 0,
+    "SCHEMA": None,
+    "EXTENSION": None,
+    "TYPE": None,
+    "SHELL TYPE": None,
+    "DOMAIN": None,
+    "FUNCTION": None,
+    "PROCEDURE": None,
+    "AGGREGATE": None,
+    "VIEW": None,
+    "FOREIGN TABLE": None,
+    "ENCODING": None,
+    "STDSTRINGS": None,
+    "SEARCHPATH": None,
+}
+_DESC_ORDER = sorted(_DESCS, key=len, reverse=True)
+_SCHEMA_KIND = {"TABLE", "DEFAULT", "SEQUENCE", "SEQUENCE OWNED BY", "TABLE ATTACH"}
+_DATA_KIND = {"TABLE DATA", "SEQUENCE SET"}
+_FOLLOWERS = {"COMMENT", "SECURITY LABEL", "SEQUENCE SET", "SEQUENCE OWNED BY"}
+_ATTACH = {"TABLE ATTACH", "INDEX ATTACH"}
+_LIST_LINE = re.compile(r"^(\d+); (\d+) (\d+) (.*)$")
+_DEPENDS = re.compile(r"^;\s+depends on:(.*)$")
+_HEADER = re.compile(rb"^-- TOC entry (\d+) \(class \d+ OID \d+\)\r?\n?$")
+_SET_CONFIG = re.compile(rb"^SELECT pg_catalog\.set_config\('([A-Za-z_.]+)'")
+
+
+@dataclass
+class TableDump:
+    """One table's files (kind -> path relative to the backup dir) and its dumped row count.
+
+    `after` lists the tables (inheritance/partition parents) whose files must run before this one's in
+    every restore phase.
+    """
+
+    schema: str
+    table: str
+    files: dict[str, str]
+    rows: int = 0
+    after: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class SplitResult:
+    """Per-table files plus what belongs to no table.
+
+    schema_objects run before the tables (types, functions, sequences, …); schema_objects_late after them
+    (views, materialized views and anything else that depends on a table). The same split for global_*.
+    """
+
+    tables: list[TableDump]
+    schema_objects: dict[str, str]
+    global_objects: str | None
+    schema_objects_late: dict[str, str] = field(default_factory=dict)
+    global_objects_late: str | None = None
+
+
+@dataclass
+class TocEntry:
+    """One line of `pg_restore -l -v`, with the ids it depends on."""
+
+    dump_id: int
+    classid: int
+    oid: int
+    desc: str
+    line: str
+    deps: list[int] = field(default_factory=list)
+
+
+def parse_toc(text: str) -> list[TocEntry]:
+    """Parse `pg_restore -l -v` output; names are ignored, only ids and the description are used."""
+    entries: list[TocEntry] = []
+    for line in text.splitlines():
+        match = _LIST_LINE.match(line)
+        if match:
+            dump_id, classid, oid, rest = int(match[1]), int(match[2]), int(match[3]), match[4]
+            entries.append(TocEntry(dump_id, classid, oid, _desc_of(rest, classid), line))
+            continue
+        dep = _DEPENDS.match(line)
+        if dep and entries:
+            entries[-1].deps.extend(int(d) for d in dep[1].split())
+    return entries
+
+
+def _desc_of(rest: str, classid: int) -> str:
+    """The entry type, disambiguated by catalog (TABLE in schema DATA vs TABLE DATA)."""
+    for desc in _DESC_ORDER:
+        if rest.startswith(desc + " "):
+            expected = _DESCS[desc]
+            if expected is None or (expected == 0) == (classid == 0):
+                return desc
+    return rest.split(" ", 1)[0]
+
+
+@dataclass(frozen=True)
+class _Target:
+    """Where an entry goes: a table's file of some kind, a schema's / the global objects file, or nowhere."""
+
+    table_oid: int | None = None
+    kind: str = ""
+    schema: str | None = None
+    late: bool = False
+
+
+_GLOBAL = _Target(kind="objects")
+_DROP = _Target(kind="drop")  # objects of excluded (managed) schemas: not part of this tier
+# Extensions and large objects are database-wide even when they name a schema.
+_GLOBAL_CLASSES = {3079, 2613}
+
+
+class _Attributor:
+    """Decides, from oids and dependencies only, which file every TOC entry belongs to."""
+
+    def __init__(self, entries: list[TocEntry], catalog: TableCatalog) -> None:
+        self.catalog = catalog
+        self.by_id = {e.dump_id: e for e in entries}
+        self.excluded_tables = set(catalog.excluded_tables)
+        self.excluded_schemas = set(catalog.excluded_schemas)
+        self._targets: dict[int, _Target] = {}
+
+    def target(self, entry: TocEntry) -> _Target:
+        cached = self._targets.get(entry.dump_id)
+        if cached is None:
+            self._targets[entry.dump_id] = _GLOBAL  # breaks dependency cycles
+            cached = self._resolve(entry)
+            if cached.table_oid is None and cached.kind == "objects":
+                cached = _Target(kind="objects", schema=cached.schema, late=self._is_late(entry))
+            self._targets[entry.dump_id] = cached
+        return cached
+
+    def _resolve(self, entry: TocEntry) -> _Target:
+        if entry.desc in _ATTACH:
+            return self._attach_target(entry)
+        classid = entry.classid or (PG_CLASS if entry.oid else 0)
+        table = self.catalog.owner_of(classid, entry.oid) if entry.oid else None
+        if table is not None:
+            return _DROP if table in self.excluded_tables else _Target(table, self._kind(entry))
+        schema = self.catalog.schema_of(classid, entry.oid) if entry.oid else None
+        if schema is not None:
+            return _DROP if schema in self.excluded_schemas else _Target(kind="objects", schema=schema)
+        return _GLOBAL if entry.classid in _GLOBAL_CLASSES else self._follow(entry)
+
+    @staticmethod
+    def _kind(entry: TocEntry) -> str:
+        if entry.desc in _SCHEMA_KIND:
+            return "schema"
+        if entry.desc in _DATA_KIND:
+            return "data"
+        return "fk" if entry.desc == "FK CONSTRAINT" else "post"
+
+    def _follow(self, entry: TocEntry) -> _Target:
+        """COMMENT, SEQUENCE SET, … go where the one object they depend on went; ambiguous ones go global."""
+        targets = {self.target(self.by_id[d]) for d in entry.deps if d in self.by_id}
+        if len(targets) != 1:
+            return _DROP if targets and targets <= {_DROP} else _GLOBAL
+        (dep,) = targets
+        if dep.table_oid is not None and entry.desc == "SEQUENCE SET":
+            return _Target(dep.table_oid, "data")
+        return dep
+
+    def _attach_target(self, entry: TocEntry) -> _Target:
+        """TABLE ATTACH / INDEX ATTACH belong to the deepest partition among what they depend on."""
+        targets = {self.target(self.by_id[d]) for d in entry.deps if d in self.by_id}
+        if _DROP in targets:
+            return _DROP
+        tables = {t.table_oid for t in targets if t.table_oid is not None}
+        if not tables:
+            return _GLOBAL
+        deepest = max(tables, key=lambda oid: (self.catalog.depth(oid), oid))
+        return _Target(deepest, "schema" if entry.desc == "TABLE ATTACH" else "post")
+
+    def _is_late(self, entry: TocEntry) -> bool:
+        """A non-table object that (transitively) depends on a table restores after the tables."""
+        stack, seen = list(entry.deps), {entry.dump_id}
+        while stack:
+            dep_id = stack.pop()
+            dep = self.by_id.get(dep_id)
+            if dep is None or dep_id in seen:
+                continue
+            seen.add(dep_id)
+            if self.target(dep).table_oid is not None:
+                return True
+            stack.extend(dep.deps)
+        return False
+
+
+def _table_relpath(schema: str, table: str, kind: str) -> str:
+    return f"{encode_segment(schema)}/tables/{encode_segment(table)}/{kind}.sql"
+
+
+def _objects_relpath(schema: str | None, late: bool) -> str:
+    if schema is None:
+        return GLOBAL_OBJECTS_LATE if late else GLOBAL_OBJECTS
+    return f"{encode_segment(schema)}/objects{'_late' if late else ''}.sql"
+
+
+@dataclass
+class _Plan:
+    """The requested entries in stream order, each with its file, and the tables in restore order."""
+
+    steps: list[tuple[TocEntry, str]]
+    table_oids: list[int]
+
+
+def _plan(entries: list[TocEntry], catalog: TableCatalog) -> _Plan:
+    """Order the requested entries so each file's entries are contiguous, parents' tables first."""
+    attributor = _Attributor(entries, catalog)
+    skipped_ids = {e.dump_id for e in entries if e.desc in _SKIPPED}
+    wanted = [
+        e
+        for e in entries
+        if e.desc not in _SKIPPED and not (e.desc in _FOLLOWERS and e.deps and set(e.deps) <= skipped_ids)
+    ]
+    table_first: dict[int, int] = {}
+    buckets: dict[str, list[TocEntry]] = {}
+    order_of: dict[str, tuple] = {}
+    for position, entry in enumerate(wanted):
+        target = attributor.target(entry)
+        if target is _DROP or target.kind == "drop":
+            continue
+        if target.table_oid is not None:
+            info = catalog.table(target.table_oid)
+            assert info is not None
+            relpath = _table_relpath(info.schema, info.table, target.kind)
+            first = table_first.setdefault(target.table_oid, position)
+            order_of[relpath] = (0, catalog.depth(target.table_oid), first, KINDS.index(target.kind))
+        else:
+            relpath = _objects_relpath(target.schema, target.late)
+            order_of[relpath] = (1, target.late, target.schema is None, relpath)
+        buckets.setdefault(relpath, []).append(entry)
+    steps = [(e, relpath) for relpath in sorted(buckets, key=order_of.__getitem__) for e in buckets[relpath]]
+    tables = sorted(table_first, key=lambda oid: (catalog.depth(oid), table_first[oid]))
+    return _Plan(steps, [oid for oid in tables if _has_table_entry(buckets, catalog, oid)])
+
+
+def _has_table_entry(buckets: dict[str, list[TocEntry]], catalog: TableCatalog, oid: int) -> bool:
+    """Only tables whose CREATE TABLE is in the archive get files (not ones excluded from the dump)."""
+    info = catalog.table(oid)
+    assert info is not None
+    return any(e.desc == "TABLE" for e in buckets.get(_table_relpath(info.schema, info.table, "schema"), []))
+
+
+def _run_list(archive: Path, pg_restore: str, env: dict[str, str] | None) -> str:
+    result = subprocess.run([pg_restore, "-l", "-v", str(archive)], capture_output=True, env=env, check=False)
+    if result.returncode != 0:
+        raise BackupError(f"pg_restore -l {archive.name} failed: {result.stderr.decode(errors='replace')}")
+    return result.stdout.decode("utf-8", errors="surrogateescape")
+
+
+class _StreamSplitter:
+    """Consumes the pg_restore stream and writes each requested entry to its file, checking the order."""
+
+    def __init__(self, out_dir: Path, plan: list[tuple[TocEntry, str]]) -> None:
+        self.out_dir = out_dir
+        self.plan = plan
+        self.next_index = 0
+        self.scanner = ScriptScanner()
+        self.preamble: list[bytes] = []
+        self.restrict_key: bytes | None = None
+        self.session: dict[bytes, bytes] = {}
+        self.pending: list[bytes] = []
+        self.current: BinaryIO | None = None
+        self.current_path: str | None = None
+        self.current_entry: TocEntry | None = None
+        self.file_session: dict[bytes, bytes] = {}
+        self.written: set[str] = set()
+        self.rows: dict[str, int] = {}
+
+    def feed(self, reader: ChunkReader) -> None:
+        """Route every line; COPY rows go straight to the current file, counted, never held."""
+        while line := reader.readline():
+            kind = self.scanner.feed(line)
+            if kind is LineKind.TOP:
+                self._top_line(line)
+            else:
+                self._content(line)
+            if self.scanner.in_copy and kind is not LineKind.COPY_DATA:
+                assert self.current is not None and self.current_path is not None
+                self.rows[self.current_path] += reader.copy_data(self.current.write)
+
+    def _top_line(self, line: bytes) -> None:
+        header = _HEADER.match(line)
+        if header:
+            self._header(int(header[1]), line)
+        elif is_restrict_line(line):
+            if self.restrict_key is None and line.startswith(b"\\restrict"):
+                self.restrict_key = line.split()[1] if len(line.split()) > 1 else None
+        elif line.strip() in (b"", b"--") or setting_name(line) or _SET_CONFIG.match(line):
+            self.pending.append(line)
+        elif (
+            self.current_entry is not None
+            and self.current_entry.desc == "SCHEMA"
+            and line.startswith(b"CREATE SCHEMA ")
+        ):
+            self._content(b"CREATE SCHEMA IF NOT EXISTS " + line[len(b"CREATE SCHEMA ") :])
+        else:
+            self._content(line)
+
+    def _content(self, line: bytes) -> None:
+        if self.pending:
+            pending, self.pending = self.pending, []
+            for held in pending:
+                self._emit(held)
+        self._emit(line)
+
+    def _emit(self, line: bytes) -> None:
+        if self.current_entry is None:
+            self.preamble.append(line)
+        else:
+            self._write(line)
+
+    def _write(self, line: bytes) -> None:
+        assert self.current is not None
+        self.current.write(line)
+
+    def _header(self, dump_id: int, line: bytes) -> None:
+        expected = self.plan[self.next_index][0].dump_id if self.next_index < len(self.plan) else None
+        if dump_id != expected:
+            raise BackupError(
+                f"pg_restore stream has TOC entry {dump_id} where entry {expected} was expected: "
+                "the archive, its list or the stream was tampered with; no per-table files were trusted"
+            )
+        for held in self.pending:
+            self._remember_setting(held)
+        self.pending = []
+        entry, relpath = self.plan[self.next_index]
+        self.next_index += 1
+        if relpath != self.current_path:
+            self._open(relpath)
+        self.current_entry = entry
+        self._sync_session()
+        self._write(b"\n--\n" + line)
+
+    def _remember_setting(self, line: bytes) -> None:
+        name = setting_name(line)
+        match = _SET_CONFIG.match(line)
+        if name is None and match:
+            name = match.group(1).lower()
+        if name is not None:
+            self.session[name] = line
+
+    def _sync_session(self) -> None:
+        for name, line in self.session.items():
+            if self.file_session.get(name) != line:
+                self._write(line)
+                self.file_session[name] = line
+
+    def _open(self, relpath: str) -> None:
+        self.close()
+        if relpath in self.written:
+            raise BackupError(f"per-table split would write {relpath} twice: the entry order is not contiguous")
+        self.written.add(relpath)
+        path = self.out_dir / relpath
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.current = path.open("wb")
+        self.current_path = relpath
+        self.file_session = {}
+        self.current.write(self.file_header())
+        self.rows.setdefault(relpath, 0)
+
+    def file_header(self) -> bytes:
+        """The lines that make a file standalone: psql's restrict key and the dump's session settings."""
+        lines = [b"\\restrict " + self.restrict_key + b"\n"] if self.restrict_key else []
+        lines += [line for line in self.preamble if setting_name(line) or _SET_CONFIG.match(line)]
+        return b"".join(lines) + b"\n"
+
+    def file_footer(self) -> bytes:
+        return b"\n\\unrestrict " + self.restrict_key + b"\n" if self.restrict_key else b""
+
+    def close(self) -> None:
+        if self.current is not None:
+            self.current.write(self.file_footer())
+            self.current.close()
+            self.current = None
+
+    def finish(self) -> None:
+        self.close()
+        if self.next_index != len(self.plan):
+            missing = [str(e.dump_id) for e, _ in self.plan[self.next_index : self.next_index + 5]]
+            raise BackupError(
+                f"pg_restore stream ended before TOC entries {', '.join(missing)} "
+                f"({len(self.plan) - self.next_index} missing): the per-table split is incomplete"
+            )
+        if not self.scanner.at_top:
+            raise BackupError("pg_restore stream ended inside a literal or COPY data: the split is not trusted")
+
+
+def _write_empty(path: Path, header: bytes, footer: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(header + footer)
+
+
+def split_archive(
+    archive: Path,
+    out_dir: Path,
+    catalog: TableCatalog,
+    *,
+    pg_restore: str,
+    env: dict[str, str] | None = None,
+) -> SplitResult:
+    """Write `{schema}/tables/{table}/{schema,data,post,fk}.sql` and the objects files under out_dir."""
+    archive, out_dir = Path(archive), Path(out_dir)
+    plan = _plan(parse_toc(_run_list(archive, pg_restore, env)), catalog)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    splitter = _StreamSplitter(out_dir, plan.steps)
+    try:
+        _stream(archive, plan.steps, splitter, pg_restore, env)
+    except BaseException:
+        for relpath in splitter.written:  # never leave files that look like a finished split
+            (out_dir / relpath).unlink(missing_ok=True)
+        raise
+    return _result(out_dir, plan, splitter, catalog)
+
+
+def _stream(
+    archive: Path,
+    steps: list[tuple[TocEntry, str]],
+    splitter: _StreamSplitter,
+    pg_restore: str,
+    env: dict[str, str] | None,
+) -> None:
+    """Run the one pg_restore pass; stderr goes to a file so neither pipe can block the other."""
+    with tempfile.TemporaryDirectory(prefix="pgbd-split-") as tmp:
+        list_file = Path(tmp) / "toc.list"
+        list_file.write_text("".join(e.line + "\n" for e, _ in steps), encoding="utf-8", errors="surrogateescape")
+        with open(Path(tmp) / "stderr", "w+b") as err:
+            args = [pg_restore, "-v", "-O", "-x", "-L", str(list_file), "-f", "-", str(archive)]
+            proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, env=env)
+            assert proc.stdout is not None
+            try:
+                splitter.feed(ChunkReader(proc.stdout))
+            except BaseException:
+                proc.kill()
+                raise
+            finally:
+                splitter.close()
+                proc.stdout.close()
+                code = proc.wait()
+            err.seek(0)
+            stderr = err.read().decode(errors="replace")
+    if code != 0:
+        errors = [ln for ln in stderr.splitlines() if "error" in ln.lower()] or stderr.splitlines()[-3:]
+        raise BackupError(f"pg_restore of {archive.name} for the per-table split failed: {one_line(' '.join(errors))}")
+    splitter.finish()
+
+
+def _result(out_dir: Path, plan: _Plan, splitter: _StreamSplitter, catalog: TableCatalog) -> SplitResult:
+    """Describe what was written, creating the files a table or schema must always have."""
+    header, footer = splitter.file_header(), splitter.file_footer()
+    by_oid = {t.oid: t for t in catalog.tables}
+    tables: list[TableDump] = []
+    for oid in plan.table_oids:
+        info = by_oid[oid]
+        files: dict[str, str] = {}
+        for kind in KINDS:
+            relpath = _table_relpath(info.schema, info.table, kind)
+            if relpath not in splitter.written and kind in ("schema", "data"):
+                _write_empty(out_dir / relpath, header, footer)
+            if relpath in splitter.written or kind in ("schema", "data"):
+                files[kind] = relpath
+        parents = [(by_oid[p].schema, by_oid[p].table) for p in info.parents if p in by_oid]
+        tables.append(TableDump(info.schema, info.table, files, splitter.rows.get(files["data"], 0), parents))
+    return SplitResult(
+        tables=tables,
+        schema_objects=_objects_files(out_dir, catalog.schemas, False, splitter.written, header, footer),
+        global_objects=GLOBAL_OBJECTS if GLOBAL_OBJECTS in splitter.written else None,
+        schema_objects_late=_objects_files(out_dir, catalog.schemas, True, splitter.written, header, footer),
+        global_objects_late=GLOBAL_OBJECTS_LATE if GLOBAL_OBJECTS_LATE in splitter.written else None,
+    )
+
+
+def _objects_files(
+    out_dir: Path, schemas: list[str], late: bool, written: set[str], header: bytes, footer: bytes
+) -> dict[str, str]:
+    """Every user schema gets its objects files, even when empty, so a schema restore can always find them."""
+    files = {}
+    for schema in schemas:
+        relpath = _objects_relpath(schema, late)
+        if relpath not in written:
+            _write_empty(out_dir / relpath, header, footer)
+        files[schema] = relpath
+    return files

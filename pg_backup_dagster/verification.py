@@ -1,0 +1,134 @@
+"""Test restores: prove an archive restores and reproduces the exact row counts taken at dump time."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from pg_backup_dagster.errors import BackupError, one_line, redact, register_secret
+from pg_backup_dagster.local_server import ephemeral_server
+from pg_backup_dagster.pgtools import PgTools
+
+_PG_RESTORE_ERROR = re.compile(r"^pg_restore: error: (.*)$", re.M)
+
+
+@dataclass
+class RestoreReport:
+    """What a test restore found: duration, per-table counts, and why it failed if it did."""
+
+    seconds: float = 0.0
+    tables: list[dict] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    accepted_errors: list[str] = field(default_factory=list)
+
+    @property
+    def differing(self) -> list[dict]:
+        return [t for t in self.tables if t["expected"] != t["restored"]]
+
+    @property
+    def passed(self) -> bool:
+        return not self.errors and not self.differing
+
+
+def split_password(dsn: str) -> tuple[str, dict[str, str]]:
+    """(DSN without password, env carrying it) so a pg tool's argv never shows the secret."""
+    params = conninfo_to_dict(dsn)
+    password = params.pop("password", None)
+    register_secret(password)
+    return make_conninfo(**params), ({"PGPASSWORD": str(password)} if password else {})
+
+
+@contextmanager
+def scratch_database(restore_url: str | None, work_dir: Path | None = None) -> Iterator[str]:
+    """A throwaway database: on the configured restore server, else on an ephemeral local server; always dropped."""
+    if not restore_url:
+        with ephemeral_server(parent=work_dir) as server:
+            with psycopg.connect(server.dsn(), autocommit=True) as conn:
+                conn.execute("CREATE DATABASE restore_check")
+            yield server.dsn("restore_check")
+        return
+    name = f"pgbd_check_{secrets.token_hex(6)}"
+    register_secret(conninfo_to_dict(restore_url).get("password"))
+    try:
+        admin = psycopg.connect(restore_url, autocommit=True)
+    except psycopg.Error as exc:
+        raise BackupError(f"cannot connect to the restore server: {one_line(str(exc))}") from None
+    with admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        try:
+            yield make_conninfo(restore_url, dbname=name)
+        finally:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def pg_restore_into(
+    tools: PgTools, archive: Path, dsn: str, jobs: int, accepted: list[str], extra: list[str] | None = None
+) -> tuple[list[str], list[str]]:
+    """pg_restore -j into dsn; returns (unaccepted errors, accepted errors). Accepted patterns are explicit."""
+    safe_dsn, env = split_password(dsn)
+    argv = [tools.path("pg_restore"), "--no-owner", "--no-privileges", f"--jobs={jobs}", *(extra or []),
+            "--dbname", safe_dsn, str(archive)]
+    result = subprocess.run(argv, env={**_base_env(), **env}, capture_output=True, text=True, check=False)
+    errors = [redact(e) for e in _PG_RESTORE_ERROR.findall(result.stderr)]
+    if result.returncode != 0 and not errors:
+        errors = [one_line(redact(result.stderr)) or f"pg_restore exited with {result.returncode}"]
+    patterns = [re.compile(p) for p in accepted]
+    accepted_hits = [e for e in errors if any(p.search(e) for p in patterns)]
+    return [e for e in errors if e not in accepted_hits], accepted_hits
+
+
+def _base_env() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+
+
+def restored_counts(dsn: str, expected: list[dict]) -> list[dict]:
+    """Exact count(*) of each expected table in the restored database (-1 when the table is missing)."""
+    rows = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for item in expected:
+            query = sql.SQL("SELECT count(*) FROM ONLY {}.{}").format(
+                sql.Identifier(item["schema"]), sql.Identifier(item["table"])
+            )
+            try:
+                restored = conn.execute(query).fetchone()[0]
+            except psycopg.errors.UndefinedTable:
+                restored = -1
+            except psycopg.errors.InvalidSchemaName:
+                restored = -1
+            rows.append({"schema": item["schema"], "table": item["table"], "expected": item["rows"],
+                         "restored": restored})
+    return rows
+
+
+def restore_and_compare(
+    tools: PgTools,
+    archive: Path,
+    expected: list[dict],
+    *,
+    restore_url: str | None = None,
+    jobs: int = 2,
+    accepted_errors: list[str] | None = None,
+    work_dir: Path | None = None,
+) -> RestoreReport:
+    """Restore the archive into a throwaway database and compare every table's rows with the dump-time counts."""
+    report = RestoreReport()
+    started = time.monotonic()
+    with scratch_database(restore_url, work_dir) as dsn:
+        report.errors, report.accepted_errors = pg_restore_into(tools, archive, dsn, jobs, accepted_errors or [])
+        report.seconds = time.monotonic() - started
+        report.tables = restored_counts(dsn, expected)
+    return report
+
+
