@@ -1,46 +1,13 @@
-"""`pg-backup-dagster`: a thin command line over the same Dagster definitions the UI and schedules use."""
+"""Commands that make backups: `backup`, `demo`, and `list` to see them."""
 
 from __future__ import annotations
 
-import functools
-import os
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from pg_backup_dagster.config import SourceConfig, find_source, load_sources
-from pg_backup_dagster.errors import BackupError, one_line, redact
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-
-
-def fail(message: str, code: int = 2) -> None:
-    typer.echo(f"error: {one_line(redact(message))}", err=True)
-    raise typer.Exit(code)
-
-
-def clean_errors(func: Callable) -> Callable:
-    """Every known failure ends as one redacted line on stderr and a non-zero exit."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except BackupError as exc:
-            fail(str(exc))
-
-    return wrapper
-
-
-SourceOption = Annotated[str | None, typer.Option("--source", "-s", help="Source name (default: the only one).")]
-
-
-def selected_source(name: str | None) -> tuple[SourceConfig, list[SourceConfig]]:
-    sources = load_sources()
-    return find_source(sources, name), sources
+from pg_backup_dagster.cli.app import SourceOption, app, clean_errors, selected_source
 
 
 @app.command()
@@ -50,10 +17,13 @@ def backup(
     backup_id: Annotated[str | None, typer.Option(help="Partition key; default: now (UTC).")] = None,
 ) -> None:
     """Back up a source now through Dagster (PG_BACKUP_DATABASE_URL → PG_BACKUP_TARGET, or PG_BACKUP_CONFIG)."""
+    from pg_backup_dagster.backup_id import validate_backup_id
     from pg_backup_dagster.preflight import preflight
     from pg_backup_dagster.report import print_outcome
     from pg_backup_dagster.runner import open_instance, run_backup
 
+    if backup_id:
+        validate_backup_id(backup_id)
     chosen, sources = selected_source(source)
     preflight(chosen)
     outcome = run_backup(chosen, sources, open_instance(), backup_id)
@@ -78,17 +48,8 @@ def demo(
 @app.command(name="list")
 @clean_errors
 def list_backups(source: SourceOption = None) -> None:
-    """Published backups (those with a manifest), newest last, with sizes and check results."""
+    """Published backups (those with a manifest), oldest first, with sizes and check results."""
     from pg_backup_dagster.report import print_backup_list
 
     chosen, _ = selected_source(source)
     print_backup_list(chosen)
-
-
-def main() -> None:  # pragma: no cover - console entry point
-    sys.exit(app())
-
-
-if __name__ == "__main__":  # pragma: no cover
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    main()

@@ -1,0 +1,3 @@
+from pg_backup_dagster.cli import main
+
+main()

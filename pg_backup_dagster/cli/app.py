@@ -1,0 +1,47 @@
+"""The Typer app and what every command shares: one-line errors, source selection."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Annotated
+
+import typer
+
+from pg_backup_dagster.config import SourceConfig, find_source, load_sources
+from pg_backup_dagster.errors import BackupError, one_line, redact
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True,
+    help="PostgreSQL backups through Dagster: demo, backup, list, verify, restore, retention, gc.",
+)
+
+SourceOption = Annotated[str | None, typer.Option("--source", "-s", help="Source name (default: the only one).")]
+
+
+def fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {one_line(redact(message))}", err=True)
+    raise typer.Exit(code)
+
+
+def clean_errors(func: Callable) -> Callable:
+    """Every known failure ends as one redacted line on stderr and a non-zero exit."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except BackupError as exc:
+            fail(str(exc))
+
+    return wrapper
+
+
+def selected_source(name: str | None) -> tuple[SourceConfig, list[SourceConfig]]:
+    sources = load_sources()
+    return find_source(sources, name), sources
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    sys.exit(app())
