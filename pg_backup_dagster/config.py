@@ -43,6 +43,7 @@ class SourceConfig:
     sse: str | None = None
     kms_key_id: str | None = None
     storage_class: str | None = None
+    part_size: int | None = None  # S3 multipart part size in bytes (default: 64 MiB, raised to fit 10,000 parts)
     age_recipients: tuple[str, ...] = ()
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
     retention_after_backup: bool = False

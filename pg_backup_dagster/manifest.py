@@ -32,8 +32,9 @@ def file_identities(staging: Staging) -> dict[str, dict[str, Any]]:
             ids[rel] = {"tier": "table", "schema": table["schema"], "table": table["table"], "kind": kind}
     for schema, rel in tables["schema_objects"].items():
         ids[rel] = {"tier": "schema_objects", "schema": schema}
-    if tables.get("global_objects"):
-        ids[tables["global_objects"]] = {"tier": "global_objects"}
+    for phase in ("global_objects", "global_objects_late"):
+        if tables.get(phase):
+            ids[tables[phase]] = {"tier": "global_objects", "phase": "late" if "late" in phase else "early"}
     return ids
 
 

@@ -15,6 +15,7 @@ from pg_backup_dagster.backup_id import new_backup_id, validate_backup_id
 from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.definitions import build_definitions
 from pg_backup_dagster.errors import one_line, redact
+from pg_backup_dagster.instance import ensure_instance_config
 from pg_backup_dagster.jobs import backup_job_name
 
 
@@ -34,7 +35,7 @@ class BackupOutcome:
 def open_instance(dagster_home: Path | None = None) -> dg.DagsterInstance:
     """The instance in DAGSTER_HOME (created if missing), so runs show up in the UI afterwards."""
     home = dagster_home or Path(os.environ.get("DAGSTER_HOME") or Path.home() / ".pg_backup_dagster" / "dagster_home")
-    home.mkdir(parents=True, exist_ok=True)
+    ensure_instance_config(home)
     os.environ["DAGSTER_HOME"] = str(home.resolve())
     return dg.DagsterInstance.get()
 

@@ -16,7 +16,7 @@ def clear_table_outputs(staging: Staging) -> None:
     """Forget table files of an earlier try of this backup id so nothing stale is published."""
     for tables_dir in staging.root.glob("*/tables"):
         shutil.rmtree(tables_dir)
-    for objects in staging.root.glob("*/objects.sql"):
+    for objects in [*staging.root.glob("*/objects*.sql"), *staging.root.glob("global_objects*.sql")]:
         objects.unlink()
 
 
@@ -28,13 +28,14 @@ def split_tables(tools: PgTools, staging: Staging) -> dict:
     started = time.monotonic()
     result = split_archive(staging.full_dump, staging.root, catalog, pg_restore=tools.path("pg_restore"))
     tables = [asdict(t) for t in result.tables]
-    paths = [p for t in result.tables for p in t.files.values()] + list(result.schema_objects.values())
-    if result.global_objects:
-        paths.append(result.global_objects)
+    globals_ = [p for p in (result.global_objects, result.global_objects_late) if p]
+    paths = [p for t in result.tables for p in t.files.values()] + globals_
+    paths += list(result.schema_objects.values())
     return {
         "tables": tables,
         "schema_objects": result.schema_objects,
         "global_objects": result.global_objects,
+        "global_objects_late": result.global_objects_late,
         "files": len(paths),
         "size": sum((staging.root / p).stat().st_size for p in paths),
         "seconds": time.monotonic() - started,

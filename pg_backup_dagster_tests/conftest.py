@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,28 +18,31 @@ PG15_BIN = Path("/usr/lib/postgresql/15/bin")
 _db_counter = itertools.count()
 
 
-def _server(tmp_path_factory: pytest.TempPathFactory, name: str, bin_dir: Path | None = None) -> Iterator[LocalPostgres]:
-    root = tmp_path_factory.mktemp(name)
+def _server(name: str, bin_dir: Path | None = None) -> Iterator[LocalPostgres]:
+    """A server outside pytest's temp tree: each pytest session resets that tree to 0700, which the
+    unprivileged server user could then no longer enter."""
+    root = Path(tempfile.mkdtemp(prefix=f"pgbd-test-{name}-"))
     server = LocalPostgres(root_dir=root / "pg", **({"bin_dir": bin_dir} if bin_dir else {}))
     server.start()
     try:
         yield server
     finally:
         server.destroy()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
-def pg18(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPostgres]:
+def pg18() -> Iterator[LocalPostgres]:
     """The bundled PostgreSQL 18 server."""
-    yield from _server(tmp_path_factory, "pg18")
+    yield from _server("pg18")
 
 
 @pytest.fixture(scope="session")
-def pg15(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPostgres]:
+def pg15() -> Iterator[LocalPostgres]:
     """Debian's PostgreSQL 15 server (installed by .ci/run)."""
     if not (PG15_BIN / "initdb").exists():
         pytest.skip("Debian postgresql-15 is not installed (apt-get install postgresql-15)")
-    yield from _server(tmp_path_factory, "pg15", PG15_BIN)
+    yield from _server("pg15", PG15_BIN)
 
 
 def create_database(server: LocalPostgres, prefix: str = "db", sql: str | None = None) -> str:

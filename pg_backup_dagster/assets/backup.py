@@ -14,6 +14,7 @@ from pg_backup_dagster.assets.metadata import dump_metadata, roles_metadata, tab
 from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.dumps import app_name, dump_full_and_schemas, dump_roles
 from pg_backup_dagster.publish import publish_backup
+from pg_backup_dagster.retention_run import after_publish
 from pg_backup_dagster.table_tier import split_tables
 
 ROLES, FULL, SCHEMAS, TABLES, MANIFEST = "roles_sql", "full_dump", "schema_dumps", "table_dumps", "backup_manifest"
@@ -73,6 +74,7 @@ def build_backup_assets(source: SourceConfig, partitions: dg.DynamicPartitionsDe
     def backup_manifest(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         step = step_context(context, source)
         published = publish_backup(source, step.storage, step.staging, context.log)
+        after_publish(source, step.storage, context.instance, context.run_id, context.log)
         return dg.MaterializeResult(metadata=published.metadata())
 
     return [roles_sql, dumps, table_dumps, backup_manifest]

@@ -156,11 +156,17 @@ def check_table_files(step: StepContext, restore_url: str | None, sample: int | 
     )
 
 
+def late_objects_for(tables: list[TableDump], tier: dict) -> str | None:
+    """Views and other late objects read arbitrary tables: restore them only when every table is restored."""
+    return tier["global_objects_late"] if len(tables) == len(tier["tables"]) else None
+
+
 def _restore_sample(step: StepContext, restore_url, chosen: list[dict], tier: dict, dumped: dict) -> list[dict]:
     tables = [TableDump(**t) for t in chosen]
     with scratch_database(restore_url) as dsn:
         restore_tables(step.staging.root, tables, dsn, psql=step.pg.tools().path("psql"),
-                       schema_objects=tier["schema_objects"])
+                       schema_objects=tier["schema_objects"], global_objects=tier["global_objects"],
+                       late_objects=late_objects_for(tables, tier))
         expected = [{"schema": t.schema, "table": t.table, "rows": dumped.get((t.schema, t.table), t.rows)}
                     for t in tables]
         return restored_counts(dsn, expected)

@@ -14,6 +14,7 @@ class BackupTargetResource(dg.ConfigurableResource):
     sse: str | None = None
     kms_key_id: str | None = None
     storage_class: str | None = None
+    part_size: int | None = None
     age_recipients: list[str] = []
 
     def open(self) -> BackupStorage:
@@ -22,5 +23,6 @@ class BackupTargetResource(dg.ConfigurableResource):
             sse=self.sse,
             kms_key_id=self.kms_key_id,
             storage_class=self.storage_class,
+            part_size=self.part_size,
             recipients=self.age_recipients or None,
         )

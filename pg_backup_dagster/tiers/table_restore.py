@@ -1,6 +1,6 @@
 """Restore any set of tables from the per-table tier with psql, in phases that make any subset restorable.
 
-Order (DESIGN.md): schemas, the schemas' objects (types, functions the tables need), every schema.sql,
+Order (DESIGN.md): schemas, global objects, the schemas' objects (types, functions the tables need), every schema.sql,
 every data.sql, every post.sql, every fk.sql, then late objects (views …) when given. Within a phase,
 parents (partitioned/inherited tables) come before their children. Everything goes through one
 `psql -X -1 -v ON_ERROR_STOP=1` reading our stdin, so the restore is all or nothing and each line can be
@@ -107,17 +107,19 @@ def restore_plan(
     backup_dir: Path,
     tables: list[TableDump],
     schema_objects: dict[str, str] | None = None,
-    schema_objects_late: dict[str, str] | None = None,
+    global_objects: str | None = None,
+    late_objects: str | None = None,
 ) -> list[_Source]:
     """The phases as a list of sources, in the order psql must read them."""
     ordered = order_tables(tables)
     schemas = list(dict.fromkeys([t.schema for t in ordered] + list(schema_objects or {})))
     create = "".join(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(s)};\n" for s in schemas)
     sources = [_Source("CREATE SCHEMA", text=create.encode())]
+    sources += [_Source(global_objects, backup_dir / global_objects)] if global_objects else []
     sources += [_Source(rel, backup_dir / rel) for rel in (schema_objects or {}).values()]
     for kind in KINDS:
         sources += [_Source(t.files[kind], backup_dir / t.files[kind]) for t in ordered if kind in t.files]
-    sources += [_Source(rel, backup_dir / rel) for rel in (schema_objects_late or {}).values()]
+    sources += [_Source(late_objects, backup_dir / late_objects)] if late_objects else []
     missing = [s.label for s in sources if s.path is not None and not s.path.is_file()]
     if missing:
         raise BackupError(f"per-table restore: {len(missing)} file(s) missing in {backup_dir}, first {missing[0]}")
@@ -167,14 +169,16 @@ def restore_tables(
     env: dict[str, str] | None = None,
     schema_objects: dict[str, str] | None = None,
     server_major: int | None = None,
-    schema_objects_late: dict[str, str] | None = None,
+    global_objects: str | None = None,
+    late_objects: str | None = None,
 ) -> None:
     """Restore `tables` (and the given schemas' objects) into the database at dsn, all or nothing.
 
-    Restoring a partition or an inheriting table needs its parents in `tables` too. Pass
-    `schema_objects_late` only when every table the views use is restored as well.
+    Restoring a partition or an inheriting table needs its parents in `tables` too. `global_objects`
+    (extensions, large objects, …) runs before the schemas' objects; pass `late_objects` (views, …) only
+    when every table they read is restored as well.
     """
-    sources = restore_plan(Path(backup_dir), tables, schema_objects, schema_objects_late)
+    sources = restore_plan(Path(backup_dir), tables, schema_objects, global_objects, late_objects)
     major = server_major if server_major is not None else server_major_of(dsn)
     conninfo, child_env = split_password(dsn, env)
     args = [psql, "-X", "-q", "-1", "-v", "ON_ERROR_STOP=1", "-d", conninfo, "-f", "-"]

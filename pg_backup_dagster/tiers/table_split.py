@@ -89,6 +89,9 @@ _SCHEMA_KIND = {"TABLE", "DEFAULT", "SEQUENCE", "SEQUENCE OWNED BY", "TABLE ATTA
 _DATA_KIND = {"TABLE DATA", "SEQUENCE SET"}
 _FOLLOWERS = {"COMMENT", "SECURITY LABEL", "SEQUENCE SET", "SEQUENCE OWNED BY"}
 _ATTACH = {"TABLE ATTACH", "INDEX ATTACH"}
+_RELATION_VIEWS = {"VIEW", "MATERIALIZED VIEW", "MATERIALIZED VIEW DATA"}
+# pg_restore emits these in a last pass after everything else, whatever their place in the list.
+_DEFERRED_PASS = {"MATERIALIZED VIEW DATA", "EVENT TRIGGER"}
 _LIST_LINE = re.compile(r"^(\d+); (\d+) (\d+) (.*)$")
 _DEPENDS = re.compile(r"^;\s+depends on:(.*)$")
 _HEADER = re.compile(rb"^-- TOC entry (\d+) \(class \d+ OID \d+\)\r?\n?$")
@@ -114,14 +117,14 @@ class TableDump:
 class SplitResult:
     """Per-table files plus what belongs to no table.
 
-    schema_objects run before the tables (types, functions, sequences, …); schema_objects_late after them
-    (views, materialized views and anything else that depends on a table). The same split for global_*.
+    schema_objects and global_objects run before the tables (types, functions, sequences, extensions, …);
+    global_objects_late after them: views, materialized views and anything else that depends on a table,
+    in one file in the dump's own order, because such objects often read across schemas.
     """
 
     tables: list[TableDump]
     schema_objects: dict[str, str]
     global_objects: str | None
-    schema_objects_late: dict[str, str] = field(default_factory=dict)
     global_objects_late: str | None = None
 
 
@@ -194,7 +197,8 @@ class _Attributor:
             self._targets[entry.dump_id] = _GLOBAL  # breaks dependency cycles
             cached = self._resolve(entry)
             if cached.table_oid is None and cached.kind == "objects":
-                cached = _Target(kind="objects", schema=cached.schema, late=self._is_late(entry))
+                late = self._is_late(entry)
+                cached = _Target(kind="objects", schema=None if late else cached.schema, late=late)
             self._targets[entry.dump_id] = cached
         return cached
 
@@ -240,7 +244,13 @@ class _Attributor:
         return _Target(deepest, "schema" if entry.desc == "TABLE ATTACH" else "post")
 
     def _is_late(self, entry: TocEntry) -> bool:
-        """A non-table object that (transitively) depends on a table restores after the tables."""
+        """A non-table object that (transitively) depends on a table or a view restores after the tables.
+
+        Views and materialized views are always late: their TOC dependencies name only schema and types,
+        not the tables their query reads, so the dependency walk alone would place them too early.
+        """
+        if entry.desc in _RELATION_VIEWS:
+            return True
         stack, seen = list(entry.deps), {entry.dump_id}
         while stack:
             dep_id = stack.pop()
@@ -248,7 +258,7 @@ class _Attributor:
             if dep is None or dep_id in seen:
                 continue
             seen.add(dep_id)
-            if self.target(dep).table_oid is not None:
+            if dep.desc in _RELATION_VIEWS or self.target(dep).table_oid is not None:
                 return True
             stack.extend(dep.deps)
         return False
@@ -261,7 +271,7 @@ def _table_relpath(schema: str, table: str, kind: str) -> str:
 def _objects_relpath(schema: str | None, late: bool) -> str:
     if schema is None:
         return GLOBAL_OBJECTS_LATE if late else GLOBAL_OBJECTS
-    return f"{encode_segment(schema)}/objects{'_late' if late else ''}.sql"
+    return f"{encode_segment(schema)}/objects.sql"
 
 
 @dataclass
@@ -270,6 +280,7 @@ class _Plan:
 
     steps: list[tuple[TocEntry, str]]
     table_oids: list[int]
+    deferred_start: int
 
 
 def _plan(entries: list[TocEntry], catalog: TableCatalog) -> _Plan:
@@ -298,9 +309,21 @@ def _plan(entries: list[TocEntry], catalog: TableCatalog) -> _Plan:
             relpath = _objects_relpath(target.schema, target.late)
             order_of[relpath] = (1, target.late, target.schema is None, relpath)
         buckets.setdefault(relpath, []).append(entry)
-    steps = [(e, relpath) for relpath in sorted(buckets, key=order_of.__getitem__) for e in buckets[relpath]]
+    ordered = [(e, relpath) for relpath in sorted(buckets, key=order_of.__getitem__) for e in buckets[relpath]]
+    by_id = {e.dump_id: e for e in entries}
+    main = [s for s in ordered if not _deferred(s[0], by_id)]
+    steps = main + [s for s in ordered if _deferred(s[0], by_id)]
     tables = sorted(table_first, key=lambda oid: (catalog.depth(oid), table_first[oid]))
-    return _Plan(steps, [oid for oid in tables if _has_table_entry(buckets, catalog, oid)])
+    return _Plan(steps, [oid for oid in tables if _has_table_entry(buckets, catalog, oid)], len(main))
+
+
+def _deferred(entry: TocEntry, by_id: dict[int, TocEntry]) -> bool:
+    """Entries pg_restore holds back to its final pass (matview data, event triggers and their comments)."""
+    if entry.desc in _DEFERRED_PASS:
+        return True
+    return entry.desc in {"COMMENT", "SECURITY LABEL"} and any(
+        by_id[d].desc == "EVENT TRIGGER" for d in entry.deps if d in by_id
+    )
 
 
 def _has_table_entry(buckets: dict[str, list[TocEntry]], catalog: TableCatalog, oid: int) -> bool:
@@ -320,9 +343,10 @@ def _run_list(archive: Path, pg_restore: str, env: dict[str, str] | None) -> str
 class _StreamSplitter:
     """Consumes the pg_restore stream and writes each requested entry to its file, checking the order."""
 
-    def __init__(self, out_dir: Path, plan: list[tuple[TocEntry, str]]) -> None:
+    def __init__(self, out_dir: Path, plan: list[tuple[TocEntry, str]], deferred_start: int | None = None) -> None:
         self.out_dir = out_dir
         self.plan = plan
+        self.deferred_start = len(plan) if deferred_start is None else deferred_start
         self.next_index = 0
         self.scanner = ScriptScanner()
         self.preamble: list[bytes] = []
@@ -417,12 +441,13 @@ class _StreamSplitter:
 
     def _open(self, relpath: str) -> None:
         self.close()
-        if relpath in self.written:
+        reopening = relpath in self.written
+        if reopening and self.next_index <= self.deferred_start:
             raise BackupError(f"per-table split would write {relpath} twice: the entry order is not contiguous")
         self.written.add(relpath)
         path = self.out_dir / relpath
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.current = path.open("wb")
+        self.current = path.open("ab" if reopening else "wb")
         self.current_path = relpath
         self.file_session = {}
         self.current.write(self.file_header())
@@ -472,7 +497,7 @@ def split_archive(
     archive, out_dir = Path(archive), Path(out_dir)
     plan = _plan(parse_toc(_run_list(archive, pg_restore, env)), catalog)
     out_dir.mkdir(parents=True, exist_ok=True)
-    splitter = _StreamSplitter(out_dir, plan.steps)
+    splitter = _StreamSplitter(out_dir, plan.steps, plan.deferred_start)
     try:
         _stream(archive, plan.steps, splitter, pg_restore, env)
     except BaseException:
@@ -532,20 +557,17 @@ def _result(out_dir: Path, plan: _Plan, splitter: _StreamSplitter, catalog: Tabl
         tables.append(TableDump(info.schema, info.table, files, splitter.rows.get(files["data"], 0), parents))
     return SplitResult(
         tables=tables,
-        schema_objects=_objects_files(out_dir, catalog.schemas, False, splitter.written, header, footer),
+        schema_objects=_objects_files(out_dir, catalog.schemas, splitter.written, header, footer),
         global_objects=GLOBAL_OBJECTS if GLOBAL_OBJECTS in splitter.written else None,
-        schema_objects_late=_objects_files(out_dir, catalog.schemas, True, splitter.written, header, footer),
         global_objects_late=GLOBAL_OBJECTS_LATE if GLOBAL_OBJECTS_LATE in splitter.written else None,
     )
 
 
-def _objects_files(
-    out_dir: Path, schemas: list[str], late: bool, written: set[str], header: bytes, footer: bytes
-) -> dict[str, str]:
+def _objects_files(out_dir: Path, schemas: list[str], written: set[str], header: bytes, footer: bytes) -> dict[str, str]:
     """Every user schema gets its objects files, even when empty, so a schema restore can always find them."""
     files = {}
     for schema in schemas:
-        relpath = _objects_relpath(schema, late)
+        relpath = _objects_relpath(schema, False)
         if relpath not in written:
             _write_empty(out_dir / relpath, header, footer)
         files[schema] = relpath

@@ -119,7 +119,7 @@ def test_split_gives_every_table_its_files_and_row_count(hostile_split) -> None:
     dumped = {(t.schema, t.table): t for t in result.tables}
     assert set(dumped) == set(digests) == {(t.schema, t.table) for t in catalog.tables}
     all_paths = [p for t in result.tables for p in t.files.values()]
-    all_paths += list(result.schema_objects.values()) + list(result.schema_objects_late.values())
+    all_paths += list(result.schema_objects.values()) + [result.global_objects, result.global_objects_late]
     assert len(all_paths) == len(set(all_paths)), "two objects share a path"
     for relpath in all_paths:
         resolved = (out / relpath).resolve()
@@ -145,7 +145,8 @@ def test_restore_all_tables_matches_source(hostile_split, new_database: Callable
         target,
         psql=tools.path("psql"),
         schema_objects=result.schema_objects,
-        schema_objects_late=result.schema_objects_late,
+        global_objects=result.global_objects,
+        late_objects=result.global_objects_late,
     )
     assert table_digests(target) == table_digests(source)
     expected = object_counts(source)
@@ -250,7 +251,8 @@ def test_pg18_dump_of_pg15_database_restores_into_pg15(pg15: LocalPostgres, tool
         target,
         psql=tools.path("psql"),
         schema_objects=result.schema_objects,
-        schema_objects_late=result.schema_objects_late,
+        global_objects=result.global_objects,
+        late_objects=result.global_objects_late,
     )
     assert table_digests(target) == table_digests(source)
     assert object_counts(target) == object_counts(source)

@@ -1,0 +1,23 @@
+"""Commands for running as a service: `pools` sets each source's connection-safe pool limit on the instance."""
+
+from __future__ import annotations
+
+import typer
+
+from pg_backup_dagster.cli.app import app, clean_errors
+
+
+@app.command()
+@clean_errors
+def pools() -> None:
+    """Set every configured source's pool limit on the instance in DAGSTER_HOME (see docs/service.md, "Pools")."""
+    from pg_backup_dagster.config import load_sources
+    from pg_backup_dagster.instance import set_pool_limits
+    from pg_backup_dagster.runner import open_instance
+
+    sources = load_sources()
+    with open_instance() as instance:
+        limits = set_pool_limits(instance, sources)
+    for source in sources:
+        typer.echo(f"pool {source.pool}: {limits[source.pool]} step at a time "
+                   f"(each step may hold up to {source.max_connections} connections)")

@@ -1,0 +1,84 @@
+"""The Dagster instance config (dagster.yaml) this tool writes into a fresh DAGSTER_HOME, and pool limits.
+
+Runs are queued (QueuedRunCoordinator through the `concurrency:` block); storage is PostgreSQL through
+dagster-postgres when DAGSTER_PG_URL is set (the URL stays an env reference in the file, never written out),
+the local SQLite default otherwise. An existing dagster.yaml is the operator's and is never touched.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import dagster as dg
+
+from pg_backup_dagster.config import SourceConfig
+
+PG_URL_ENV = "DAGSTER_PG_URL"
+
+BASE_CONFIG = """\
+# Instance settings for deployments: copy into $DAGSTER_HOME (README, "Run it as a service").
+# Runs are queued (QueuedRunCoordinator) and steps share per-source pools, so runs on one source never
+# open more connections than its max_connections. Per-pool limits are set with
+#   pg-backup-dagster pools        (or: dagster instance concurrency set pg_backup_<source> 1)
+# An unset pool gets default_limit 1: one connecting step per source at a time (docs/service.md, "Pools").
+concurrency:
+  runs:
+    max_concurrent_runs: 4
+    tag_concurrency_limits:
+      - key: pg_backup/source
+        value:
+          applyLimitPerUniqueValue: true
+        limit: 2
+  pools:
+    default_limit: 1
+    granularity: op
+
+telemetry:
+  enabled: false
+"""
+
+POSTGRES_STORAGE = f"""
+# Runs, events and schedules in PostgreSQL (set {PG_URL_ENV}; dagster-postgres).
+storage:
+  postgres:
+    postgres_url:
+      env: {PG_URL_ENV}
+"""
+
+
+def instance_config(env: Mapping[str, str] | None = None) -> str:
+    """dagster.yaml for this environment: PostgreSQL storage when DAGSTER_PG_URL is set, SQLite otherwise."""
+    env = os.environ if env is None else env
+    return BASE_CONFIG + (POSTGRES_STORAGE if env.get(PG_URL_ENV) else "")
+
+
+def ensure_instance_config(home: Path, env: Mapping[str, str] | None = None) -> Path:
+    """Write dagster.yaml into `home` unless one is there already; return its path."""
+    path = home / "dagster.yaml"
+    if not path.exists():
+        home.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(".dagster.yaml.tmp")
+        tmp.write_text(instance_config(env))
+        tmp.replace(path)
+    return path
+
+
+def pool_limit(source: SourceConfig) -> int:
+    """Concurrent steps allowed in a source's pool: the connection budget divided by what one step may hold.
+
+    One step's PostgresResource may hold all `max_connections` connections (snapshot + parallel pg_dump), so
+    budget // per-step peak = max_connections // max_connections = 1, whatever max_connections is. Raising it
+    would let two dump steps (of two runs) hold 2 x max_connections together.
+    """
+    per_step_peak = source.max_connections
+    return max(1, source.max_connections // per_step_peak)
+
+
+def set_pool_limits(instance: dg.DagsterInstance, sources: Sequence[SourceConfig]) -> dict[str, int]:
+    """Set every source's pool limit on the instance; returns pool → limit."""
+    limits = {s.pool: pool_limit(s) for s in sources}
+    for pool, limit in limits.items():
+        instance.event_log_storage.set_concurrency_slots(pool, limit)
+    return limits
