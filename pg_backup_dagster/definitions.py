@@ -12,6 +12,7 @@ from pg_backup_dagster.jobs import build_backup_job
 from pg_backup_dagster.maintenance_job import build_retention_job
 from pg_backup_dagster.partitions import backups_partitions_def
 from pg_backup_dagster.resources import BackupTargetResource, PostgresResource
+from pg_backup_dagster.restore_job import build_restore_job
 from pg_backup_dagster.schedules import build_schedules, with_freshness
 from pg_backup_dagster.sensors import build_sensors
 
@@ -40,6 +41,7 @@ def build_definitions(sources: list[SourceConfig]) -> dg.Definitions:
         checks += build_backup_checks(source)
         jobs.append(build_backup_job(source, partitions))
         jobs.append(build_retention_job(source))
+        jobs.append(build_restore_job(source))
         resources.update(source_resources(source))
     return dg.Definitions(
         assets=with_freshness(assets, sources), asset_checks=checks, jobs=jobs, resources=resources,

@@ -12,8 +12,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import dagster as dg
+import sqlalchemy
 
 from pg_backup_dagster.config import SourceConfig
+from pg_backup_dagster.errors import BackupError
 
 PG_URL_ENV = "DAGSTER_PG_URL"
 
@@ -54,8 +56,26 @@ def instance_config(env: Mapping[str, str] | None = None) -> str:
     return BASE_CONFIG + (POSTGRES_STORAGE if env.get(PG_URL_ENV) else "")
 
 
+def check_pg_url(env: Mapping[str, str]) -> None:
+    """Refuse a DAGSTER_PG_URL that would reach dagster-postgres through psycopg 3.
+
+    SQLAlchemy 2.1 maps a bare `postgresql://` to psycopg 3, on which dagster-postgres 0.29 fails at the first
+    event (it binds a parameter in NOTIFY); `postgresql+psycopg2://` selects the driver it is built for.
+    """
+    url = env.get(PG_URL_ENV) or ""
+    if url and "://" in url and "+" not in url.split("://", 1)[0] and _sqlalchemy_defaults_to_psycopg3():
+        raise BackupError(f"{PG_URL_ENV} must start with postgresql+psycopg2:// (dagster-postgres needs psycopg2)")
+
+
+def _sqlalchemy_defaults_to_psycopg3() -> bool:
+    major, minor = (int(part) for part in sqlalchemy.__version__.split(".")[:2])
+    return (major, minor) >= (2, 1)
+
+
 def ensure_instance_config(home: Path, env: Mapping[str, str] | None = None) -> Path:
     """Write dagster.yaml into `home` unless one is there already; return its path."""
+    env = os.environ if env is None else env
+    check_pg_url(env)
     path = home / "dagster.yaml"
     if not path.exists():
         home.mkdir(parents=True, exist_ok=True)

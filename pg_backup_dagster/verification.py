@@ -6,7 +6,7 @@ import re
 import secrets
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,13 +48,23 @@ def split_password(dsn: str) -> tuple[str, dict[str, str]]:
     return make_conninfo(**params), ({"PGPASSWORD": str(password)} if password else {})
 
 
+def create_stub_roles(conn: psycopg.Connection, roles: Sequence[str]) -> None:
+    """NOLOGIN stand-ins for platform roles (Supabase's anon, authenticated, …) that policies name."""
+    for role in roles:
+        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone():
+            conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(role)))
+
+
 @contextmanager
-def scratch_database(restore_url: str | None, work_dir: Path | None = None) -> Iterator[str]:
+def scratch_database(
+    restore_url: str | None, work_dir: Path | None = None, stub_roles: Sequence[str] = ()
+) -> Iterator[str]:
     """A throwaway database: on the configured restore server, else on an ephemeral local server; always dropped."""
     if not restore_url:
         with ephemeral_server(parent=work_dir) as server:
             with psycopg.connect(server.dsn(), autocommit=True) as conn:
                 conn.execute("CREATE DATABASE restore_check")
+                create_stub_roles(conn, stub_roles)
             yield server.dsn("restore_check")
         return
     name = f"pgbd_check_{secrets.token_hex(6)}"
@@ -65,6 +75,7 @@ def scratch_database(restore_url: str | None, work_dir: Path | None = None) -> I
         raise BackupError(f"cannot connect to the restore server: {one_line(str(exc))}") from None
     with admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        create_stub_roles(admin, stub_roles)
         try:
             yield make_conninfo(restore_url, dbname=name)
         finally:
@@ -121,11 +132,12 @@ def restore_and_compare(
     jobs: int = 2,
     accepted_errors: list[str] | None = None,
     work_dir: Path | None = None,
+    stub_roles: Sequence[str] = (),
 ) -> RestoreReport:
     """Restore the archive into a throwaway database and compare every table's rows with the dump-time counts."""
     report = RestoreReport()
     started = time.monotonic()
-    with scratch_database(restore_url, work_dir) as dsn:
+    with scratch_database(restore_url, work_dir, stub_roles) as dsn:
         report.errors, report.accepted_errors = pg_restore_into(tools, archive, dsn, jobs, accepted_errors or [])
         report.seconds = time.monotonic() - started
         report.tables = restored_counts(dsn, expected)

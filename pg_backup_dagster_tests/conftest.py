@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 from pg_backup_dagster.local_server import LocalPostgres
+from pg_backup_dagster_tests.storage.conftest import bucket, moto_endpoint, s3_client, s3_env  # noqa: F401 (moto)
 
 PG15_BIN = Path("/usr/lib/postgresql/15/bin")
 _db_counter = itertools.count()

@@ -74,7 +74,7 @@ def build_backup_assets(source: SourceConfig, partitions: dg.DynamicPartitionsDe
     def backup_manifest(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         step = step_context(context, source)
         published = publish_backup(source, step.storage, step.staging, context.log)
-        after_publish(source, step.storage, context.instance, context.run_id, context.log)
+        after_publish(source, step.storage, context.instance, context.run.run_id, context.log)
         return dg.MaterializeResult(metadata=published.metadata())
 
     return [roles_sql, dumps, table_dumps, backup_manifest]

@@ -12,6 +12,7 @@ from pg_backup_dagster.assets.context import postgres_key, step_context, target_
 from pg_backup_dagster.checks import verify_tiers
 from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.manifest import CHECK_PREFIX
+from pg_backup_dagster.profiles import get_profile
 
 
 def _result(context, source: SourceConfig, name: str, outcome: verify_tiers.CheckOutcome) -> dg.AssetCheckResult:
@@ -27,6 +28,11 @@ def _result(context, source: SourceConfig, name: str, outcome: verify_tiers.Chec
     )
 
 
+def stub_roles(source: SourceConfig) -> tuple[str, ...]:
+    """Platform roles a managed database's objects name; the scratch database gets NOLOGIN stand-ins."""
+    return get_profile(source.profile).reserved_roles
+
+
 def build_backup_checks(source: SourceConfig) -> list[dg.AssetChecksDefinition]:
     """Checks for the four tiers of one source."""
     resources = {postgres_key(source), target_key(source)}
@@ -37,8 +43,8 @@ def build_backup_checks(source: SourceConfig) -> list[dg.AssetChecksDefinition]:
     def full_dump_restores(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         step = step_context(context, source)
         restore_url = verify_tiers.restore_url_for(source)
-        return _result(context, source, "full_dump_restores",
-                       verify_tiers.check_full_restore(step, restore_url, source.restore_jobs))
+        outcome = verify_tiers.check_full_restore(step, restore_url, source.restore_jobs, stub_roles(source))
+        return _result(context, source, "full_dump_restores", outcome)
 
     @dg.asset_check(asset=asset_key(source, SCHEMAS), name="schema_dumps_complete",
                     description="Every user schema has a readable archive, and nothing extra.", **common)
@@ -52,7 +58,7 @@ def build_backup_checks(source: SourceConfig) -> list[dg.AssetChecksDefinition]:
         step = step_context(context, source)
         return _result(context, source, "table_dumps_restore",
                        verify_tiers.check_table_files(step, verify_tiers.restore_url_for(source),
-                                                      source.table_check_sample))
+                                                      source.table_check_sample, stub_roles(source)))
 
     @dg.asset_check(asset=asset_key(source, ROLES), name="roles_sql_loadable",
                     description="roles.sql present, without password hashes, and loads into a scratch server.",

@@ -8,6 +8,7 @@ import random
 import re
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,12 +55,12 @@ def _differences_text(rows: list[dict]) -> str:
     return shown + (f" and {len(rows) - 10} more" if len(rows) > 10 else "")
 
 
-def check_full_restore(step: StepContext, restore_url: str | None, jobs: int) -> CheckOutcome:
+def check_full_restore(step: StepContext, restore_url: str | None, jobs: int, stub_roles: Sequence[str]) -> CheckOutcome:
     """pg_restore -j the full archive into a throwaway database and compare exact row counts."""
     expected = step.staging.load("dumps")["row_counts"]
     started = time.monotonic()
     report = restore_and_compare(step.pg.tools(), step.staging.full_dump, expected, restore_url=restore_url,
-                                 jobs=jobs, work_dir=None)
+                                 jobs=jobs, stub_roles=stub_roles)
     differing = report.differing
     if report.errors:
         description = f"pg_restore failed: {report.errors[0]}"
@@ -119,7 +120,9 @@ def sample_tables(tables: list[dict], sample: int | None, seed: str) -> list[dic
     return sorted(random.Random(seed).sample(tables, limit), key=lambda t: (t["schema"], t["table"]))
 
 
-def check_table_files(step: StepContext, restore_url: str | None, sample: int | None) -> CheckOutcome:
+def check_table_files(
+    step: StepContext, restore_url: str | None, sample: int | None, stub_roles: Sequence[str]
+) -> CheckOutcome:
     """Every table has schema.sql and data.sql; the sampled ones restore their exact rows into a scratch db."""
     started = time.monotonic()
     tier = step.staging.load("tables")
@@ -132,7 +135,7 @@ def check_table_files(step: StepContext, restore_url: str | None, sample: int | 
     error = None
     if not missing and not absent:
         try:
-            rows = _restore_sample(step, restore_url, chosen, tier, dumped)
+            rows = _restore_sample(step, restore_url, chosen, tier, dumped, stub_roles)
         except BackupError as exc:
             error = str(exc)
     differing = [r for r in rows if r["expected"] != r["restored"]]
@@ -161,9 +164,11 @@ def late_objects_for(tables: list[TableDump], tier: dict) -> str | None:
     return tier["global_objects_late"] if len(tables) == len(tier["tables"]) else None
 
 
-def _restore_sample(step: StepContext, restore_url, chosen: list[dict], tier: dict, dumped: dict) -> list[dict]:
+def _restore_sample(
+    step: StepContext, restore_url, chosen: list[dict], tier: dict, dumped: dict, stub_roles: Sequence[str]
+) -> list[dict]:
     tables = [TableDump(**t) for t in chosen]
-    with scratch_database(restore_url) as dsn:
+    with scratch_database(restore_url, stub_roles=stub_roles) as dsn:
         restore_tables(step.staging.root, tables, dsn, psql=step.pg.tools().path("psql"),
                        schema_objects=tier["schema_objects"], global_objects=tier["global_objects"],
                        late_objects=late_objects_for(tables, tier))
