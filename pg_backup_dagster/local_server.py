@@ -94,7 +94,7 @@ class LocalPostgres:
         try:
             result = self._run_as_server_user([
                 str(self.bin_dir / "initdb"), "-D", str(self.data_dir), "-U", "postgres", "--encoding=UTF8",
-                "--locale=C", f"--auth-host={auth}", "--auth-local=trust", f"--pwfile={pwfile.name}",
+                "--locale=C", "--no-sync", "--no-instructions", f"--auth-host={auth}", "--auth-local=trust", f"--pwfile={pwfile.name}",
             ])
         finally:
             os.unlink(pwfile.name)

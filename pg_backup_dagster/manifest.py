@@ -30,6 +30,8 @@ def file_identities(staging: Staging) -> dict[str, dict[str, Any]]:
     for table in tables["tables"]:
         for kind, rel in table["files"].items():
             ids[rel] = {"tier": "table", "schema": table["schema"], "table": table["table"], "kind": kind}
+            if table.get("after"):  # parents a restore must create first (partitions, inheritance)
+                ids[rel]["after"] = [list(parent) for parent in table["after"]]
     for schema, rel in tables["schema_objects"].items():
         ids[rel] = {"tier": "schema_objects", "schema": schema}
     for phase in ("global_objects", "global_objects_late"):

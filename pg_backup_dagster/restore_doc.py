@@ -18,7 +18,8 @@ from pg_backup_dagster.staging import Staging
 # which pg_dump only writes in a file's header, before the first statement.
 COMPAT_FUNCTION = (
     "compat() { LC_ALL=C awk '/^\\\\(un)?restrict / { next } "
-    "!body && /^SET transaction_timeout / { next } /^[^-S\\\\]/ { body = 1 } { print }' \"$@\"; }"
+    "!body && /^SET transaction_timeout / { next } /^[^-S\\\\]/ { body = 1 } { print }' \"$@\" "
+    "|| echo \"DO \\$\\$ BEGIN RAISE EXCEPTION 'a backup file could not be read'; END \\$\\$;\"; }"
 )
 EXCLUDED_NOTE = "(names are shown SQL-quoted, with control characters escaped)"
 
@@ -93,7 +94,7 @@ def render_restore_md(source: str, staging: Staging) -> str:
         "parent tables before it). `OBJECTS` lists `{schema}/objects.sql` of the schemas that do not exist in the",
         "target yet (their types, functions, sequences; empty when they exist) and, for extensions or large objects,",
         "`global_objects.sql`; `LATE` may name `global_objects_late.sql` (views and the like) when every table they",
-        "read is restored too. Everything runs in one transaction, in phases: all schema.sql, all data.sql, all",
+        "read is restored too. Everything runs in one transaction (all or nothing), in phases: all schema.sql, all data.sql, all",
         "post.sql (indexes, constraints, triggers, policies), then all fk.sql, so any set of tables can be restored.",
         "",
     ]
@@ -104,17 +105,20 @@ def render_restore_md(source: str, staging: Staging) -> str:
             'LATE="${LATE-}"',
             COMPAT_FUNCTION,
             "{",
-            "  echo \"SET client_encoding = 'UTF8';\"",
+            "  echo \"SET client_encoding = 'UTF8'; SET client_min_messages = warning;\"",
             "  for t in $TABLES; do",
             "    seg=${t%%/*}; printf -v name '%b' \"${seg//[%]/\\\\x}\"",
             "    printf 'CREATE SCHEMA IF NOT EXISTS \"%s\";\\n' \"${name//\\\"/\\\"\\\"}\"",
             "  done",
             '  for f in $OBJECTS; do compat "$f"; done',
             "  for kind in schema data post fk; do",
-            '    for t in $TABLES; do if [ -f "$t/$kind.sql" ]; then compat "$t/$kind.sql"; fi; done',
+            "    for t in $TABLES; do",
+            '      case $kind in post | fk) [ -f "$t/$kind.sql" ] || continue ;; esac',
+            '      compat "$t/$kind.sql"',
+            "    done",
             "  done",
             '  for f in $LATE; do compat "$f"; done',
-            '} | psql -X -q -1 -v ON_ERROR_STOP=1 -d "$TARGET"',
+            '} | psql -X -q -1 -v ON_ERROR_STOP=1 -o /dev/null -d "$TARGET"',
         )
     lines += [
         "## Index of tables",

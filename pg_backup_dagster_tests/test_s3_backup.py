@@ -183,42 +183,33 @@ def restore_full_dump(archive: Path, dsn: str) -> None:
     )
 
 
-def test_backup_to_s3_multipart_matches_manifest_and_restores(bulk_source, bulk_dsn, bucket, s3_client, pg18, tmp_path):
-    with dg.instance_for_test() as instance:
-        outcome = run_backup(bulk_source, [bulk_source], instance, backup_id=ID1)
-    assert outcome.success, outcome.errors
-
-    storage = open_storage(bulk_source.target)
-    assert storage.list_backups("bulk") == [ID1]
-    assert storage.read_latest("bulk")["backup_id"] == ID1
-    manifest = storage.read_manifest("bulk", ID1)
-    base = f"{PREFIX}/bulk/{ID1}/"
-    assert object_keys(s3_client, bucket, base) == {base + e["path"] for e in manifest["files"]} | {
-        base + "manifest.json"
-    }
+def assert_objects_match_manifest(s3_client: Any, bucket: str, storage: Any, backup_id: str) -> dict[str, Any]:
+    """Download every stored object and hash it: exactly the manifest's files, with its sizes and sha256."""
+    manifest = storage.read_manifest("bulk", backup_id)
+    base = f"{PREFIX}/bulk/{backup_id}/"
+    listed = {base + e["path"] for e in manifest["files"]} | {base + "manifest.json"}
+    assert object_keys(s3_client, bucket, base) == listed
     for entry in manifest["files"]:
         body = s3_client.get_object(Bucket=bucket, Key=base + entry["path"])["Body"].read()
         assert (len(body), hashlib.sha256(body).hexdigest()) == (entry["size"], entry["sha256"]), entry["path"]
-
-    full = f"database_full_{ID1}.dump"
-    full_entry = next(e for e in manifest["files"] if e["path"] == full)
-    assert full_entry["size"] > 5 * MiB
+    full = f"database_full_{backup_id}.dump"
+    assert next(e for e in manifest["files"] if e["path"] == full)["size"] > 5 * MiB
     head = s3_client.head_object(Bucket=bucket, Key=base + full, PartNumber=1)
     assert head["PartsCount"] >= 2, "the full dump must have gone up as a multipart upload"
-    assert not s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads")
-
-    folder = storage.fetch("bulk", ID1, tmp_path / "fetched")
-    restored = create_database(pg18, "s3restored")
-    restore_full_dump(folder / full, restored)
-    assert table_fingerprints(restored) == table_fingerprints(bulk_dsn)
+    return manifest
 
 
-def test_upload_failing_midway_publishes_nothing_and_next_run_succeeds(
-    proxy, bulk_source, bucket, s3_client, tmp_path, monkeypatch
+def test_multipart_backups_match_manifest_and_a_failed_upload_publishes_nothing(
+    proxy, bulk_source, bulk_dsn, bucket, s3_client, pg18, tmp_path, monkeypatch
 ):
-    storage = open_storage(bulk_source.target)
+    """One history on S3: a good backup, one whose upload fails mid-way, the next good one, then gc."""
     with dg.instance_for_test() as instance:
-        assert run_backup(bulk_source, [bulk_source], instance, backup_id=ID1).success
+        first = run_backup(bulk_source, [bulk_source], instance, backup_id=ID1)
+        assert first.success, first.errors
+        storage = open_storage(bulk_source.target)
+        assert storage.read_latest("bulk")["backup_id"] == ID1
+        assert_objects_match_manifest(s3_client, bucket, storage, ID1)
+        assert not s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads")
 
         proxy.armed = True
         failed = run_backup(bulk_source, [bulk_source], instance, backup_id=ID2)
@@ -238,6 +229,12 @@ def test_upload_failing_midway_publishes_nothing_and_next_run_succeeds(
         assert storage.list_backups("bulk") == [ID1, ID3]
         assert storage.read_latest("bulk")["backup_id"] == ID3
         assert staging.is_dir(), "the next run must not remove a leftover younger than min_age"
+        assert_objects_match_manifest(s3_client, bucket, storage, ID3)
+
+    folder = storage.fetch("bulk", ID3, tmp_path / "fetched")
+    restored = create_database(pg18, "s3restored")
+    restore_full_dump(folder / f"database_full_{ID3}.dump", restored)
+    assert table_fingerprints(restored) == table_fingerprints(bulk_dsn)
 
     config = tmp_path / "sources.yaml"
     config.write_text(yaml.safe_dump({"sources": [{"name": "bulk", "dsn_env": DSN_ENV, "target": bulk_source.target}]}))
@@ -246,5 +243,4 @@ def test_upload_failing_midway_publishes_nothing_and_next_run_succeeds(
     assert result.exit_code == 0, result.output
     assert str(staging) in result.output and not staging.exists()
     assert storage.list_backups("bulk") == [ID1, ID3]
-    for backup_id in (ID1, ID3):
-        storage.fetch("bulk", backup_id, tmp_path / backup_id)  # verifies size and sha256 of every file
+    storage.fetch("bulk", ID1, tmp_path / ID1)  # verifies size and sha256 of every file

@@ -8,6 +8,7 @@ the password out of argv (passed as PGPASSWORD in the child's environment).
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import threading
 from collections.abc import Iterator, Sequence
@@ -151,7 +152,7 @@ class PostgresResource(dg.ConfigurableResource):
                     stderr=subprocess.PIPE, check=False,
                 )
             if result.returncode != 0:
-                message = redact(result.stderr.decode("utf-8", "replace"))
+                message = redact(result.stderr.decode("utf-8", "replace")).strip() or _exit_cause(result.returncode)
                 if connects and is_transient_message(message) and _failed_while_connecting(message):
                     raise TransientDatabaseError(message)
                 raise BackupError(f"{program} failed for source '{self.source}' ({self.display()}): {one_line(message)}")
@@ -161,6 +162,13 @@ class PostgresResource(dg.ConfigurableResource):
             return self._retrying()(attempt)
         except TransientDatabaseError as exc:
             raise BackupError(f"{program} failed for source '{self.source}' ({self.display()}): {one_line(str(exc))}") from None
+
+
+def _exit_cause(returncode: int) -> str:
+    """What to say when a tool died without a word (killed by a signal: OOM killer, operator, timeout)."""
+    if returncode < 0:
+        return f"killed by signal {signal.Signals(-returncode).name}"
+    return f"exited with status {returncode} without an error message"
 
 
 def _failed_while_connecting(message: str) -> bool:
