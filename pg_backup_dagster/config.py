@@ -40,6 +40,7 @@ class SourceConfig:
     retry_attempts: int = 5
     retry_max_wait: float = 20.0
     restore_jobs: int = 2
+    accepted_restore_errors: tuple[str, ...] = ()
     sse: str | None = None
     kms_key_id: str | None = None
     storage_class: str | None = None
@@ -94,6 +95,7 @@ def source_from_mapping(data: dict[str, Any], where: str) -> SourceConfig:
     try:
         values["retention"] = RetentionPolicy.from_mapping(values.get("retention"))
         values["age_recipients"] = tuple(values.get("age_recipients") or ())
+        values["accepted_restore_errors"] = tuple(values.get("accepted_restore_errors") or ())
         return SourceConfig(**values)
     except TypeError as exc:
         raise BackupError(f"invalid config {where}: {exc}") from None

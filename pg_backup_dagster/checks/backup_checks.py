@@ -43,7 +43,7 @@ def build_backup_checks(source: SourceConfig) -> list[dg.AssetChecksDefinition]:
     def full_dump_restores(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         step = step_context(context, source)
         restore_url = verify_tiers.restore_url_for(source)
-        outcome = verify_tiers.check_full_restore(step, restore_url, source.restore_jobs, stub_roles(source))
+        outcome = verify_tiers.check_full_restore(step, source, restore_url, stub_roles(source))
         return _result(context, source, "full_dump_restores", outcome)
 
     @dg.asset_check(asset=asset_key(source, SCHEMAS), name="schema_dumps_complete",

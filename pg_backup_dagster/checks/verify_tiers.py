@@ -55,12 +55,20 @@ def _differences_text(rows: list[dict]) -> str:
     return shown + (f" and {len(rows) - 10} more" if len(rows) > 10 else "")
 
 
-def check_full_restore(step: StepContext, restore_url: str | None, jobs: int, stub_roles: Sequence[str]) -> CheckOutcome:
-    """pg_restore -j the full archive into a throwaway database and compare exact row counts."""
+def check_full_restore(
+    step: StepContext, source: SourceConfig, restore_url: str | None, stub_roles: Sequence[str]
+) -> CheckOutcome:
+    """pg_restore -j the full archive into a throwaway database and compare exact row counts.
+
+    pg_restore errors fail the check unless they match a pattern the source lists explicitly in
+    `accepted_restore_errors` (empty by default).
+    """
     expected = step.staging.load("dumps")["row_counts"]
     started = time.monotonic()
-    report = restore_and_compare(step.pg.tools(), step.staging.full_dump, expected, restore_url=restore_url,
-                                 jobs=jobs, stub_roles=stub_roles)
+    report = restore_and_compare(
+        step.pg.tools(), step.staging.full_dump, expected, restore_url=restore_url, jobs=source.restore_jobs,
+        accepted_errors=list(source.accepted_restore_errors), stub_roles=stub_roles,
+    )
     differing = report.differing
     if report.errors:
         description = f"pg_restore failed: {report.errors[0]}"
