@@ -8,6 +8,7 @@ so a tampered or truncated file is never restored. psql-fed tiers are filtered f
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import tempfile
@@ -25,10 +26,10 @@ from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.errors import BackupError, one_line, redact, register_secret
 from pg_backup_dagster.pgtools import PgTools, find_tools
 from pg_backup_dagster.storage import BackupStorage, open_storage
-from pg_backup_dagster.tiers.sql_compat import compatible_bytes
+from pg_backup_dagster.tiers.sql_compat import compatible_bytes, copy_compatible
 from pg_backup_dagster.tiers.table_restore import restore_tables, server_major_of
 from pg_backup_dagster.tiers.table_split import TableDump
-from pg_backup_dagster.verification import split_password
+from pg_backup_dagster.verification import restore_passes, split_password
 
 TARGET_ENV = "PG_BACKUP_RESTORE_TO"
 WORK_DIR_ENV = "PG_BACKUP_WORK_DIR"
@@ -58,7 +59,7 @@ def parse_table_name(text: str) -> tuple[str, str]:
             raise BackupError(f"table name {text!r}: expected '.' after a quoted name")
         i += 1
     if len(parts) != 2:
-        raise BackupError(f"table name {text!r}: expected SCHEMA.TABLE; quote names that hold dots: \"a.b\".\"c\"")
+        raise BackupError(f'table name {text!r}: expected SCHEMA.TABLE; quote names that hold dots: "a.b"."c"')
     return parts[0], parts[1]
 
 
@@ -215,10 +216,16 @@ def create_target_database(target_dsn: str) -> None:
         raise BackupError(f"--create-db: cannot create database {name!r}: {one_line(str(exc))}") from None
 
 
-def existing_schemas(dsn: str, schemas: list[str]) -> set[str]:
+def populated_schemas(dsn: str, schemas: list[str]) -> set[str]:
+    """Those of `schemas` that exist in the target and hold a relation, type or function already."""
+    query = (
+        "SELECT nspname FROM pg_namespace n WHERE nspname = ANY(%s) AND ("
+        "EXISTS (SELECT 1 FROM pg_class WHERE relnamespace = n.oid) OR "
+        "EXISTS (SELECT 1 FROM pg_type WHERE typnamespace = n.oid) OR "
+        "EXISTS (SELECT 1 FROM pg_proc WHERE pronamespace = n.oid))"
+    )
     with psycopg.connect(dsn, autocommit=True) as conn:
-        rows = conn.execute("SELECT nspname FROM pg_namespace WHERE nspname = ANY(%s)", [schemas]).fetchall()
-    return {r[0] for r in rows}
+        return {r[0] for r in conn.execute(query, [schemas]).fetchall()}
 
 
 def existing_tables(dsn: str, tables: list[tuple[str, str]]) -> set[tuple[str, str]]:
@@ -239,15 +246,76 @@ def _child_env(dsn: str) -> tuple[str, dict[str, str]]:
     return safe, {**os.environ, **pw_env}
 
 
-def pg_restore(tools: PgTools, archive: Path, dsn: str, *, jobs: int, clean: bool) -> None:
-    """pg_restore without owners or grants (the target's roles may differ), stopping at the first error."""
+# pg_restore --clean drops a partition's inherited primary key before its parent's, which PostgreSQL refuses;
+# dropping the parent's key right after removes it anyway, so this one error of the drop phase is harmless.
+_HARMLESS_CLEAN_ERRORS = ("cannot drop inherited constraint",)
+
+
+def pg_restore(tools: PgTools, archive: Path, dsn: str, *, jobs: int, clean: bool, server_major: int) -> list[str]:
+    """pg_restore without owners or grants (the target's roles may differ); returns the harmless errors of --clean.
+
+    Without --clean the restore stops at the first error. With it, pg_restore must go on past the known
+    harmless drop error, so every error is read and any other one fails the restore. A target older than
+    pg_restore gets the archive as SQL through the compatibility filter and psql (pg_restore 18 sends
+    `SET transaction_timeout` even to servers that do not know it), in one transaction unless --clean.
+    """
+    options = ["--no-owner", "--no-privileges", *(["--clean", "--if-exists"] if clean else [])]
+    if server_major < tools.major:
+        returncode, stderr = _pg_restore_through_psql(tools, archive, dsn, options, clean, server_major)
+    else:
+        safe, env = _child_env(dsn)
+        argv = [tools.path("pg_restore"), *options, *([] if clean else ["--exit-on-error"]), "--dbname", safe]
+        returncode, stderr = 0, ""
+        # --clean keeps one pass, so its drops stay in dependency order
+        single = contextlib.nullcontext([[f"--jobs={jobs}"]])
+        with single if clean else restore_passes(tools, archive, jobs) as passes:
+            for chosen in passes:
+                done = subprocess.run([*argv, *chosen, str(archive)], env=env, capture_output=True, text=True)
+                returncode, stderr = returncode or done.returncode, stderr + done.stderr
+                if done.returncode and not clean:
+                    break
+    errors = [ln for ln in stderr.splitlines() if "error:" in ln or "ERROR:" in ln]
+    harmless = [e for e in errors if clean and any(h in e for h in _HARMLESS_CLEAN_ERRORS)]
+    harmful = [e for e in errors if e not in harmless]
+    if harmful or (returncode != 0 and not harmless):
+        detail = " ".join(harmful[:3]) or stderr
+        raise BackupError(f"pg_restore of {archive.name} failed: {one_line(redact(detail))}")
+    return [one_line(e) for e in harmless]
+
+
+def _pg_restore_through_psql(
+    tools: PgTools, archive: Path, dsn: str, options: list[str], clean: bool, server_major: int
+) -> tuple[int, str]:
+    """pg_restore -f - | copy_compatible | psql: (exit code, both programs' stderr). Data is never buffered."""
     safe, env = _child_env(dsn)
-    argv = [tools.path("pg_restore"), "--no-owner", "--no-privileges", "--exit-on-error", f"--jobs={jobs}"]
-    argv += ["--clean", "--if-exists"] if clean else []
-    result = subprocess.run([*argv, "--dbname", safe, str(archive)], env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        errors = [ln for ln in result.stderr.splitlines() if "error" in ln.lower()] or [result.stderr]
-        raise BackupError(f"pg_restore of {archive.name} failed: {one_line(redact(' '.join(errors[:3])))}")
+    single = [] if clean else ["--single-transaction"]
+    stop = [] if clean else ["-v", "ON_ERROR_STOP=1"]
+    with tempfile.TemporaryFile() as dump_err, tempfile.TemporaryFile() as load_err:
+        dump = subprocess.Popen(
+            [tools.path("pg_restore"), *options, *single, "-f", "-", str(archive)],
+            stdout=subprocess.PIPE,
+            stderr=dump_err,
+        )
+        load = subprocess.Popen(
+            [tools.path("psql"), "-X", "-q", *stop, "-o", os.devnull, "-d", safe, "-f", "-"],
+            stdin=subprocess.PIPE,
+            stderr=load_err,
+            env=env,
+        )
+        assert dump.stdout is not None and load.stdin is not None
+        try:
+            copy_compatible(dump.stdout, load.stdin.write, server_major)
+        except BrokenPipeError:
+            pass  # psql stopped at an error: its stderr says which
+        finally:
+            dump.stdout.close()
+            with contextlib.suppress(BrokenPipeError):
+                load.stdin.close()
+            load_code, dump_code = load.wait(), dump.wait()
+        dump_err.seek(0)
+        load_err.seek(0)
+        stderr = dump_err.read().decode(errors="replace") + load_err.read().decode(errors="replace")
+    return load_code or dump_code, stderr
 
 
 def restore_roles_file(tools: PgTools, roles_file: Path, dsn: str, server_major: int) -> list[str]:
@@ -255,8 +323,9 @@ def restore_roles_file(tools: PgTools, roles_file: Path, dsn: str, server_major:
     safe, env = _child_env(dsn)
     with roles_file.open("rb") as handle:
         script = b"".join(compatible_bytes(handle, server_major))
-    result = subprocess.run([tools.path("psql"), "-X", "-q", "-d", safe, "-f", "-"], input=script, env=env,
-                            capture_output=True)
+    result = subprocess.run(
+        [tools.path("psql"), "-X", "-q", "-d", safe, "-f", "-"], input=script, env=env, capture_output=True
+    )
     stderr = result.stderr.decode("utf-8", errors="replace")
     errors = [ln for ln in stderr.splitlines() if "ERROR:" in ln or "FATAL:" in ln]
     fatal = [e for e in errors if "already exists" not in e]
@@ -277,8 +346,9 @@ def table_dumps(backup: OpenedBackup) -> dict[tuple[str, str], TableDump]:
     return dumps
 
 
-def _restore_tables(backup: OpenedBackup, request: RestoreRequest, tools: PgTools, major: int, work: Path,
-                    result: RestoreResult) -> None:
+def _restore_tables(
+    backup: OpenedBackup, request: RestoreRequest, tools: PgTools, major: int, work: Path, result: RestoreResult
+) -> None:
     available = table_dumps(backup)
     missing = [t for t in request.tables if t not in available]
     if missing:
@@ -290,19 +360,24 @@ def _restore_tables(backup: OpenedBackup, request: RestoreRequest, tools: PgTool
         names = ", ".join(qualified(*p) for p in sorted(absent_parents))
         raise BackupError(f"restore the parent table(s) {names} too (--table), or create them in the target first")
     schemas = list(dict.fromkeys(t.schema for t in chosen))
-    new_schemas = [s for s in schemas if s not in existing_schemas(request.target_dsn, schemas)]
-    objects = {e["schema"]: e["path"] for e in backup.entries("schema_objects") if e["schema"] in new_schemas}
+    populated = populated_schemas(request.target_dsn, schemas)
+    objects = {
+        e["schema"]: e["path"]
+        for e in backup.entries("schema_objects")
+        if e["schema"] in schemas and e["schema"] not in populated
+    }
     for dump in chosen:
         for rel in dump.files.values():
             backup.fetch(rel, work)
     for rel in objects.values():
         backup.fetch(rel, work)
-    restore_tables(work, chosen, request.target_dsn, psql=tools.path("psql"), schema_objects=objects,
-                   server_major=major)
+    restore_tables(
+        work, chosen, request.target_dsn, psql=tools.path("psql"), schema_objects=objects, server_major=major
+    )
     for dump in chosen:
         result.steps.append(f"table {qualified(dump.schema, dump.table)}: {dump.rows} rows")
     if objects:
-        result.notes.append(f"created schema(s) {', '.join(objects)} with their types, functions and sequences")
+        result.notes.append(f"restored the types, functions and sequences of empty schema(s) {', '.join(objects)}")
 
 
 def _schema_entry(backup: OpenedBackup, schema: str) -> dict[str, Any]:
@@ -332,7 +407,9 @@ def restore_backup(
     schema_entries = [_schema_entry(backup, s) for s in dict.fromkeys(request.schemas)]
     major = server_major_of(request.target_dsn)
     if major < int(backup.manifest.get("server_major") or 0):
-        result.notes.append(f"target runs PostgreSQL {major}, older than the source's {backup.manifest['server_major']}")
+        result.notes.append(
+            f"target runs PostgreSQL {major}, older than the source's {backup.manifest['server_major']}"
+        )
     tools = find_tools(source.pg_bin)
     with work_dir() as tmp:
         work = Path(tmp)
@@ -344,16 +421,27 @@ def restore_backup(
                 result.notes += tolerated
             elif tier == "full":
                 archive = backup.entries("full")[0]["path"]
-                pg_restore(tools, backup.fetch(archive, work), request.target_dsn, jobs=request.jobs,
-                           clean=request.clean)
+                result.notes += pg_restore(
+                    tools,
+                    backup.fetch(archive, work),
+                    request.target_dsn,
+                    jobs=request.jobs,
+                    clean=request.clean,
+                    server_major=major,
+                )
                 result.steps.append(f"full database from {archive}")
             elif tier == "schema":
                 for entry in schema_entries:
-                    pg_restore(tools, backup.fetch(entry["path"], work), request.target_dsn, jobs=request.jobs,
-                               clean=request.clean)
+                    result.notes += pg_restore(
+                        tools,
+                        backup.fetch(entry["path"], work),
+                        request.target_dsn,
+                        jobs=request.jobs,
+                        clean=request.clean,
+                        server_major=major,
+                    )
                     result.steps.append(f"schema {entry['schema']!r} from {entry['path']}")
             else:
                 _restore_tables(backup, request, tools, major, work, result)
     result.seconds = time.monotonic() - started
     return result
-

@@ -18,7 +18,7 @@ from pg_backup_dagster.staging import Staging
 # which pg_dump only writes in a file's header, before the first statement.
 COMPAT_FUNCTION = (
     "compat() { LC_ALL=C awk '/^\\\\(un)?restrict / { next } "
-    "!body && /^SET transaction_timeout / { next } /^[^-S\\\\]/ { body = 1 } { print }' \"$@\" "
+    '!body && /^SET transaction_timeout / { next } /^[^-S\\\\]/ { body = 1 } { print }\' "$@" '
     "|| echo \"DO \\$\\$ BEGIN RAISE EXCEPTION 'a backup file could not be read'; END \\$\\$;\"; }"
 )
 EXCLUDED_NOTE = "(names are shown SQL-quoted, with control characters escaped)"
@@ -74,9 +74,11 @@ def render_restore_md(source: str, staging: Staging) -> str:
         *_sh(COMPAT_FUNCTION, 'compat roles.sql | psql -X -q -d "$TARGET"'),
         "## 2. The whole database",
         "",
-        "Into an empty database; raise `--jobs` up to the number of CPUs.",
+        "Into an empty database. `--jobs=N` makes a large restore faster, but PostgreSQL may then deadlock",
+        "validating a foreign key to a partitioned table; `pg-backup-dagster restore` runs those keys in a pass",
+        "of their own.",
         "",
-        *_sh(f'pg_restore --no-owner --no-privileges --exit-on-error --jobs=4 --dbname="$TARGET" {dumps["full"]["path"]}'),
+        *_sh(f'pg_restore --no-owner --no-privileges --exit-on-error --dbname="$TARGET" {dumps["full"]["path"]}'),
         "## 3. One schema",
         "",
         "Each schema has its own archive; set `ARCHIVE` to one of the list below. Objects it references in other",
@@ -84,8 +86,10 @@ def render_restore_md(source: str, staging: Staging) -> str:
         "",
     ]
     if schemas:
-        lines += _sh(f'ARCHIVE="${{ARCHIVE:-{schemas[0]["path"]}}}"',
-                     'pg_restore --no-owner --no-privileges --exit-on-error --dbname="$TARGET" "$ARCHIVE"')
+        lines += _sh(
+            f'ARCHIVE="${{ARCHIVE:-{schemas[0]["path"]}}}"',
+            'pg_restore --no-owner --no-privileges --exit-on-error --dbname="$TARGET" "$ARCHIVE"',
+        )
         lines += ["```text", *(f"{s['path']}\t{shown(s['schema'])}" for s in schemas), "```", ""]
     lines += [
         "## 4. Any tables",
@@ -108,7 +112,7 @@ def render_restore_md(source: str, staging: Staging) -> str:
             "  echo \"SET client_encoding = 'UTF8'; SET client_min_messages = warning;\"",
             "  for t in $TABLES; do",
             "    seg=${t%%/*}; printf -v name '%b' \"${seg//[%]/\\\\x}\"",
-            "    printf 'CREATE SCHEMA IF NOT EXISTS \"%s\";\\n' \"${name//\\\"/\\\"\\\"}\"",
+            '    printf \'CREATE SCHEMA IF NOT EXISTS "%s";\\n\' "${name//\\"/\\"\\"}"',
             "  done",
             '  for f in $OBJECTS; do compat "$f"; done',
             "  for kind in schema data post fk; do",

@@ -32,10 +32,16 @@ class RestoreConfig(dg.Config):
         if self.tier in ("full", "roles") and self.objects:
             raise BackupError(f"tier '{self.tier}' takes no objects")
         return RestoreRequest(
-            backup_id=self.backup_id, target_dsn=target_dsn, full=self.tier == "full", roles=self.tier == "roles",
+            backup_id=self.backup_id,
+            target_dsn=target_dsn,
+            full=self.tier == "full",
+            roles=self.tier == "roles",
             schemas=tuple(self.objects) if self.tier == "schema" else (),
             tables=tuple(parse_table_name(o) for o in self.objects) if self.tier == "table" else (),
-            clean=self.clean, jobs=self.jobs, create_db=self.create_db, force=self.force,
+            clean=self.clean,
+            jobs=self.jobs,
+            create_db=self.create_db,
+            force=self.force,
         )
 
 
@@ -46,8 +52,11 @@ def restore_job_name(source: SourceConfig) -> str:
 def build_restore_job(source: SourceConfig) -> dg.JobDefinition:
     """One op that restores and reports what it did."""
 
-    @dg.op(name=f"{source.name}__restore", out=dg.Out(dg.Nothing),
-           description=f"Restore a backup of '{source.name}' (one tier) into the database named by target_env.")
+    @dg.op(
+        name=f"{source.name}__restore",
+        out=dg.Out(dg.Nothing),
+        description=f"Restore a backup of '{source.name}' (one tier) into the database named by target_env.",
+    )
     def restore_op(context: dg.OpExecutionContext, config: RestoreConfig):
         target = dg.EnvVar(config.target_env).get_value()
         if not target:
@@ -55,15 +64,23 @@ def build_restore_job(source: SourceConfig) -> dg.JobDefinition:
         result = restore_backup(source, config.request(target), log=context.log.info)
         for note in result.notes:
             context.log.info(note)
-        yield dg.Output(None, metadata={
-            "backup_id": result.backup_id, "tier": config.tier, "target": result.target,
-            "duration_s": round(result.seconds, 3),
-            "steps": dg.MetadataValue.md("\n".join(f"- {s}" for s in result.steps) or "nothing"),
-            "notes": dg.MetadataValue.md("\n".join(f"- {n}" for n in result.notes) or "none"),
-        })
+        yield dg.Output(
+            None,
+            metadata={
+                "backup_id": result.backup_id,
+                "tier": config.tier,
+                "target": result.target,
+                "duration_s": round(result.seconds, 3),
+                "steps": dg.MetadataValue.md("\n".join(f"- {s}" for s in result.steps) or "nothing"),
+                "notes": dg.MetadataValue.md("\n".join(f"- {n}" for n in result.notes) or "none"),
+            },
+        )
 
-    @dg.job(name=restore_job_name(source), tags={"pg_backup/source": source.name},
-            description=f"Restore a backup of source '{source.name}' by tier (full, schema, table, roles).")
+    @dg.job(
+        name=restore_job_name(source),
+        tags={"pg_backup/source": source.name},
+        description=f"Restore a backup of source '{source.name}' by tier (full, schema, table, roles).",
+    )
     def restore_job() -> None:
         restore_op()
 

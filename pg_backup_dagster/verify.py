@@ -37,8 +37,9 @@ def archive_problem(pg_restore: str, path: Path) -> str | None:
     return None if result.returncode == 0 else one_line(result.stderr) or "pg_restore -l failed"
 
 
-def verify_backup(source: SourceConfig, backup_id: str, *, full_restore: bool = False,
-                  restore_url: str | None = None) -> VerifyReport:
+def verify_backup(
+    source: SourceConfig, backup_id: str, *, full_restore: bool = False, restore_url: str | None = None
+) -> VerifyReport:
     """Check one published backup file by file (one file on local disk at a time)."""
     backup = open_backup(source, backup_id)
     report = VerifyReport(backup.backup_id)
@@ -62,6 +63,7 @@ def verify_backup(source: SourceConfig, backup_id: str, *, full_restore: bool = 
             else:
                 local.unlink()
         if full_restore and full_archive is not None and not report.problems:
-            report.restore = restore_and_compare(tools, full_archive, backup.manifest["tables"],
-                                                 restore_url=restore_url, jobs=source.restore_jobs)
+            report.restore = restore_and_compare(
+                tools, full_archive, backup.manifest["tables"], restore_url=restore_url, jobs=source.restore_jobs
+            )
     return report

@@ -21,8 +21,13 @@ from pg_backup_dagster_tests.restore_helpers import HOSTILE_SQL, back_up, cli
 from pg_backup_dagster_tests.storage.conftest import bucket, moto_endpoint, s3_client, s3_env  # noqa: F401
 
 ROLE = f"pgbd_restore_writer_{os.getpid()}"
-HOSTILE_TABLES = [("we\"ird.sch/ema", "ta\"ble.with/slash"), ("new\nline", "tab\nle"), ("pct%2F", "100%"),
-                  ("..", ".."), ("Mixed Case", "Tab le")]
+HOSTILE_TABLES = [
+    ('we"ird.sch/ema', 'ta"ble.with/slash'),
+    ("new\nline", "tab\nle"),
+    ("pct%2F", "100%"),
+    ("..", ".."),
+    ("Mixed Case", "Tab le"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +40,8 @@ def source_dsn(pg18) -> str:
 
 
 @pytest.fixture(scope="module")
-def published(source_dsn, tmp_path_factory):
-    return back_up("restored", source_dsn, str(tmp_path_factory.mktemp("restore_target")))
+def published(source_dsn, pg18, tmp_path_factory):
+    return back_up("restored", source_dsn, str(tmp_path_factory.mktemp("restore_target")), pg18.dsn())
 
 
 def restore(published, target: str, *args: str):
@@ -46,6 +51,12 @@ def restore(published, target: str, *args: str):
 
 def sql_name(schema: str, table: str) -> str:
     return ".".join('"' + n.replace('"', '""') + '"' for n in (schema, table))
+
+
+def test_verify_with_full_test_restore(published):
+    result = cli(published, "verify", published.backup_id, "--full-restore")
+    assert result.exit_code == 0, result.output
+    assert "BAD" not in result.output and "test restore passed" in result.output
 
 
 def test_full_tier(published, source_dsn, pg18):
@@ -150,8 +161,12 @@ def test_restore_job_records_the_restore_in_dagster(published, source_dsn, pg18,
     monkeypatch.setenv("PGBD_TEST_JOB_TARGET", target)
     defs = build_definitions([published.source])
     job = defs.resolve_job_def(restore_job_name(published.source))
-    config = {"backup_id": "latest", "tier": "table", "objects": ['"pct%2F"."100%"', '"case".T'],
-              "target_env": "PGBD_TEST_JOB_TARGET"}
+    config = {
+        "backup_id": "latest",
+        "tier": "table",
+        "objects": ['"pct%2F"."100%"', '"case".T'],
+        "target_env": "PGBD_TEST_JOB_TARGET",
+    }
     with dg.instance_for_test() as instance:
         result = job.execute_in_process(
             run_config={"ops": {f"{published.source.name}__restore": {"config": config}}}, instance=instance
@@ -166,7 +181,7 @@ def test_restore_job_records_the_restore_in_dagster(published, source_dsn, pg18,
 def test_round_trip_from_s3(s3_env, s3_client, source_dsn, pg18, monkeypatch):  # noqa: F811
     name = f"pgbd-{uuid.uuid4().hex[:16]}"
     s3_client.create_bucket(Bucket=name)
-    from_s3 = back_up("s3restored", source_dsn, f"s3://{name}/backups")
+    from_s3 = back_up("s3restored", source_dsn, f"s3://{name}/backups", pg18.dsn())
     full = create_database(pg18, "r_s3_full")
     assert restore(from_s3, full).exit_code == 0
     assert table_fingerprints(full) == table_fingerprints(source_dsn)
@@ -177,6 +192,22 @@ def test_round_trip_from_s3(s3_env, s3_client, source_dsn, pg18, monkeypatch):  
     assert table_fingerprints(tables) == {t: source[t] for t in HOSTILE_TABLES}
     verified = cli(from_s3, "verify", "latest")
     assert verified.exit_code == 0, verified.output
+    key = next(o["Key"] for o in s3_client.list_objects_v2(Bucket=name)["Contents"] if o["Key"].endswith("/data.sql"))
+    body = bytearray(s3_client.get_object(Bucket=name, Key=key)["Body"].read())
+    body[len(body) // 2] ^= 0x01
+    s3_client.put_object(Bucket=name, Key=key, Body=bytes(body))
+    tampered = cli(from_s3, "verify", from_s3.backup_id)
+    assert tampered.exit_code == 1 and f"BAD {key.split(from_s3.backup_id + '/', 1)[1]}: " in tampered.output
+    refused = restore(from_s3, create_database(pg18, "r_s3_refused"), "--table", _table_of(key))
+    assert refused.exit_code != 0 and "corrupt" in refused.output
+
+
+def _table_of(key: str) -> str:
+    """The --table argument for an S3 key `.../{schema}/tables/{table}/data.sql` (names percent-decoded)."""
+    from pg_backup_dagster.paths import decode_segment
+
+    schema, _, table = key.rsplit("/", 4)[1:4]
+    return sql_name(decode_segment(schema), decode_segment(table))
 
 
 @pytest.mark.parametrize(

@@ -13,11 +13,9 @@ import psycopg
 import pytest
 
 from pg_backup_dagster.local_server import ephemeral_server
-from pg_backup_dagster.pgtools import find_tools
 from pg_backup_dagster.restore_doc import COMPAT_FUNCTION
-from pg_backup_dagster.verification import split_password
 from pg_backup_dagster_tests.conftest import create_database, load_sql_file, table_fingerprints
-from pg_backup_dagster_tests.restore_helpers import HOSTILE_SQL, back_up
+from pg_backup_dagster_tests.restore_helpers import HOSTILE_SQL, back_up, index, run_section, sections
 
 ROLE = f"pgbd_doc_reader_{os.getpid()}"
 
@@ -32,43 +30,19 @@ def source_dsn(pg18) -> str:
 
 
 @pytest.fixture(scope="module")
-def folder(source_dsn, tmp_path_factory) -> Path:
-    published = back_up("doc", source_dsn, str(tmp_path_factory.mktemp("doc_target")))
+def folder(source_dsn, pg18, tmp_path_factory) -> Path:
+    published = back_up("doc", source_dsn, str(tmp_path_factory.mktemp("doc_target")), pg18.dsn())
     assert published.folder is not None
     return published.folder
 
 
-def sections(restore_md: str) -> dict[str, str]:
-    """Section title ("2. The whole database") -> its ```sh block, exactly as written."""
-    found = {}
-    for part in re.split(r"^## ", restore_md, flags=re.M)[1:]:
-        title, _, body = part.partition("\n")
-        blocks = re.findall(r"^```sh\n(.*?)^```$", body, flags=re.M | re.S)
-        if blocks:
-            assert len(blocks) == 1, title
-            found[title.strip()] = blocks[0]
-    return found
-
-
-def index(restore_md: str) -> list[str]:
-    """Table folders from the index at the end, in their listed order."""
-    body = restore_md.split("## Index of tables", 1)[1]
-    block = re.search(r"^```text\n(.*?)^```$", body, flags=re.M | re.S)
-    assert block is not None
-    return [line.split("\t")[0] for line in block.group(1).splitlines()]
-
-
-def run_section(folder: Path, title: str, target_dsn: str, **variables: str) -> subprocess.CompletedProcess:
-    """Run one section's block with bash in the backup folder; password through PGPASSWORD as RESTORE.md says."""
-    block = sections((folder / "RESTORE.md").read_text())[title]
-    safe, pw_env = split_password(target_dsn)
-    env = {"PATH": f"{find_tools().bin_dir}:/usr/bin:/bin", "TARGET": safe, **pw_env, **variables}
-    return subprocess.run(["bash", "-c", block], cwd=folder, env=env, capture_output=True, text=True, check=False)
-
-
 def test_every_tier_has_a_block(folder):
     assert list(sections((folder / "RESTORE.md").read_text())) == [
-        "0. Check the files", "1. Roles", "2. The whole database", "3. One schema", "4. Any tables",
+        "0. Check the files",
+        "1. Roles",
+        "2. The whole database",
+        "3. One schema",
+        "4. Any tables",
     ]
 
 
@@ -119,8 +93,9 @@ def test_tables_block_default_restores_its_example_table(folder, source_dsn, pg1
 
 def test_tables_block_with_hostile_tables_into_a_fresh_database(folder, source_dsn, pg18):
     """Tables whose names hold a quote, dots, slashes, percent and a newline, with their schemas' objects."""
-    wanted = [f for f in index((folder / "RESTORE.md").read_text())
-              if f.startswith(("we%22ird", "new%0Aline", "pct%252F"))]
+    wanted = [
+        f for f in index((folder / "RESTORE.md").read_text()) if f.startswith(("we%22ird", "new%0Aline", "pct%252F"))
+    ]
     assert len(wanted) == 4
     objects = " ".join(f"{f.split('/')[0]}/objects.sql" for f in dict.fromkeys(wanted))
     target = create_database(pg18, "doc_tables")
@@ -135,8 +110,14 @@ def test_tables_block_with_every_table_rebuilds_the_database(folder, source_dsn,
     text = (folder / "RESTORE.md").read_text()
     objects = ["global_objects.sql", *sorted(p.relative_to(folder).as_posix() for p in folder.glob("*/objects.sql"))]
     target = create_database(pg18, "doc_all_tables")
-    result = run_section(folder, "4. Any tables", target, TABLES=" ".join(index(text)), OBJECTS=" ".join(objects),
-                         LATE="global_objects_late.sql")
+    result = run_section(
+        folder,
+        "4. Any tables",
+        target,
+        TABLES=" ".join(index(text)),
+        OBJECTS=" ".join(objects),
+        LATE="global_objects_late.sql",
+    )
     assert result.returncode == 0, result.stderr
     assert table_fingerprints(target) == table_fingerprints(source_dsn)
 
@@ -162,12 +143,26 @@ def test_roles_block_into_another_server(folder):
 
 
 def test_compat_filter_drops_only_what_old_servers_reject():
-    script = "\n".join([
-        "\\restrict KEY", "SET statement_timeout = 0;", "SET transaction_timeout = 0;", "COPY t (v) FROM stdin;",
-        "SET transaction_timeout = 0;", "\\\\restrict x", "\\.", "\\unrestrict KEY", "",
-    ])
-    result = subprocess.run(["bash", "-c", f"{COMPAT_FUNCTION}\ncompat"], input=script, capture_output=True,
-                            text=True, check=True)
+    script = "\n".join(
+        [
+            "\\restrict KEY",
+            "SET statement_timeout = 0;",
+            "SET transaction_timeout = 0;",
+            "COPY t (v) FROM stdin;",
+            "SET transaction_timeout = 0;",
+            "\\\\restrict x",
+            "\\.",
+            "\\unrestrict KEY",
+            "",
+        ]
+    )
+    result = subprocess.run(
+        ["bash", "-c", f"{COMPAT_FUNCTION}\ncompat"], input=script, capture_output=True, text=True, check=True
+    )
     assert result.stdout.splitlines() == [
-        "SET statement_timeout = 0;", "COPY t (v) FROM stdin;", "SET transaction_timeout = 0;", "\\\\restrict x", "\\.",
+        "SET statement_timeout = 0;",
+        "COPY t (v) FROM stdin;",
+        "SET transaction_timeout = 0;",
+        "\\\\restrict x",
+        "\\.",
     ]

@@ -35,8 +35,10 @@ def verify(
         for error in r.errors:
             typer.echo(f"  pg_restore: {error}", err=True)
         for row in r.differing:
-            typer.echo(f"  {row['schema']}.{row['table']}: expected {row['expected']} rows, restored {row['restored']}",
-                       err=True)
+            typer.echo(
+                f"  {row['schema']}.{row['table']}: expected {row['expected']} rows, restored {row['restored']}",
+                err=True,
+            )
     if not report.passed:
         raise typer.Exit(1)
 
@@ -47,16 +49,22 @@ def restore(
     backup_id: Annotated[str, typer.Argument(help="Backup id, or 'latest'.")],
     to: Annotated[
         str | None,
-        typer.Option("--to", help="Target database URL; better set PG_BACKUP_RESTORE_TO (keeps the password out of argv)."),
+        typer.Option(
+            "--to", help="Target database URL; better set PG_BACKUP_RESTORE_TO (keeps the password out of argv)."
+        ),
     ] = None,
     source: SourceOption = None,
-    full: Annotated[bool, typer.Option("--full", help="The whole database (the default when nothing else is chosen).")] = False,
+    full: Annotated[
+        bool, typer.Option("--full", help="The whole database (the default when nothing else is chosen).")
+    ] = False,
     roles: Annotated[bool, typer.Option("--roles", help="The roles (roles.sql); existing roles are reported.")] = False,
     schema: Annotated[list[str] | None, typer.Option("--schema", help="A schema, exact name (repeatable).")] = None,
     table: Annotated[
         list[str] | None, typer.Option("--table", help='SCHEMA.TABLE, exact names; quote dots: "a.b"."c" (repeatable).')
     ] = None,
-    clean: Annotated[bool, typer.Option("--clean", help="Drop objects before recreating them (pg_restore tiers).")] = False,
+    clean: Annotated[
+        bool, typer.Option("--clean", help="Drop objects before recreating them (pg_restore tiers).")
+    ] = False,
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="Parallel pg_restore jobs.")] = 2,
     create_db: Annotated[bool, typer.Option("--create-db", help="Create the target database first.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Allow restoring into the source database itself.")] = False,
@@ -69,8 +77,15 @@ def restore(
         fail(f"no target: set {TARGET_ENV} (preferred) or pass --to URL")
     chosen, _ = selected_source(source)
     request = RestoreRequest(
-        backup_id=backup_id, target_dsn=target, full=full, roles=roles, schemas=tuple(schema or ()),
-        tables=tuple(parse_table_name(t) for t in table or ()), clean=clean, jobs=jobs, create_db=create_db,
+        backup_id=backup_id,
+        target_dsn=target,
+        full=full,
+        roles=roles,
+        schemas=tuple(schema or ()),
+        tables=tuple(parse_table_name(t) for t in table or ()),
+        clean=clean,
+        jobs=jobs,
+        create_db=create_db,
         force=force,
     )
     result = restore_backup(chosen, request, log=lambda msg: typer.echo(msg, err=True))

@@ -127,8 +127,11 @@ class PostgresResource(dg.ConfigurableResource):
             snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
             try:
                 yield conn, snapshot
+            except psycopg.Error as exc:  # e.g. the server restarted: name that, not the rollback's "connection lost"
+                raise self._fail(exc, "lost the backup's snapshot connection") from None
             finally:
-                conn.rollback()
+                if not conn.closed:
+                    conn.rollback()
 
     # --- pg tools --------------------------------------------------------------------------------------
     def run_tool(

@@ -87,7 +87,7 @@ def leftovers(storage: BackupStorage, source: str) -> list[str]:
     stray = [k for k in keys if k != base + "latest.json" and k[len(base) :].split("/")[0] not in published]
     uploads = storage.client.list_multipart_uploads(Bucket=storage.bucket, Prefix=base).get("Uploads", [])
     work = storage.work_dir / source
-    local = [str(p) for p in work.rglob("*")] if work.exists() else []
+    local = [str(p) for p in sorted(work.iterdir())] if work.exists() else []
     return stray + [f"multipart {u['Key']}" for u in uploads] + local
 
 

@@ -143,7 +143,7 @@ def test_connections_exhausted_then_freed_the_retry_succeeds_within_the_cap(worl
             try:
                 hog.append(psycopg.connect(world.server.dsn(), autocommit=True))
             except psycopg.OperationalError as exc:
-                assert exc.sqlstate == "53300", exc
+                assert "too many clients" in str(exc), exc  # SQLSTATE 53300 (psycopg gives no sqlstate at connect)
                 break
         refusals_before = _refusals(world.server.log_file)
         done = threading.Event()

@@ -1,0 +1,98 @@
+"""What a person would do without this tool: bare pg_dump/pg_restore, and one pg_dump per object."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from benchmarks.measure import Sample, measured
+from pg_backup_dagster.dumps import exact_pattern
+from pg_backup_dagster.pgtools import PgTools
+from pg_backup_dagster.verification import split_password
+
+COMPRESSIONS = ("gzip", "zstd", "lz4", "none")
+PER_OBJECT_WORKERS = 8
+
+
+def _run(argv: list[str], dsn: str) -> subprocess.CompletedProcess:
+    safe_dsn, env = split_password(dsn)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    return subprocess.run([*argv, "--dbname", safe_dsn], env={**base, **env}, capture_output=True, text=True,
+                          check=False)
+
+
+def _check(result: subprocess.CompletedProcess, what: str) -> None:
+    if result.returncode != 0:
+        raise RuntimeError(f"{what} failed: {result.stderr.strip()[-500:]}")
+
+
+def bare_dump(tools: PgTools, dsn: str, archive: Path, compression: str | None = None) -> Sample:
+    """`pg_dump -Fc` of the whole database (pg_dump's default compression unless one is named)."""
+    argv = [tools.path("pg_dump"), "--format=custom", "--file", str(archive)]
+    if compression:
+        argv.append(f"--compress={compression}")
+    with measured() as sample:
+        _check(_run(argv, dsn), f"pg_dump {compression or ''}")
+    return sample
+
+
+def compression_supported(tools: PgTools, method: str) -> bool:
+    """pg_dump rejects a method it was built without before connecting; probe with an unreachable DSN."""
+    result = subprocess.run(
+        [tools.path("pg_dump"), "--format=custom", f"--compress={method}", "--file", os.devnull,
+         "--dbname", "postgresql://127.0.0.1:1/none?connect_timeout=1"],
+        capture_output=True, text=True, check=False,
+    )
+    return "invalid compression specification" not in result.stderr
+
+
+def compression_choices(tools: PgTools, dsn: str, work: Path) -> dict[str, dict]:
+    """Size and time of the full archive per compression method the client supports."""
+    results: dict[str, dict] = {}
+    for method in COMPRESSIONS:
+        if not compression_supported(tools, method):
+            results[method] = {"supported": False}
+            continue
+        archive = work / f"compress_{method}.dump"
+        sample = bare_dump(tools, dsn, archive, method)
+        results[method] = {"supported": True, "seconds": round(sample.seconds, 3), "bytes": archive.stat().st_size}
+        archive.unlink()
+    return results
+
+
+def create_database(admin_dsn: str, name: str) -> None:
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def bare_restore(tools: PgTools, archive: Path, admin_dsn: str, dsn: str, jobs: int) -> Sample:
+    """`pg_restore -j` into a fresh database on a running server, with the flags the restore check uses."""
+    create_database(admin_dsn, psycopg.conninfo.conninfo_to_dict(dsn)["dbname"])
+    argv = [tools.path("pg_restore"), "--no-owner", "--no-privileges", f"--jobs={jobs}", str(archive)]
+    with measured() as sample:
+        _check(_run(argv, dsn), "pg_restore")
+    return sample
+
+
+def per_object_dump(tools: PgTools, dsn: str, schemas: list[str], tables: list[tuple[str, str]], work: Path) -> Sample:
+    """The approach this project replaces: one pg_dump per schema plus two per table, 8 at a time."""
+    pg_dump = tools.path("pg_dump")
+    jobs: list[list[str]] = [
+        [pg_dump, "--format=custom", f"--schema={exact_pattern(s)}", "--file", str(work / f"schema_{i}.dump")]
+        for i, s in enumerate(schemas)
+    ]
+    for i, (schema, table) in enumerate(tables):
+        pattern = f"{exact_pattern(schema)}.{exact_pattern(table)}"
+        jobs.append([pg_dump, "--schema-only", f"--table={pattern}", "--file", str(work / f"t{i}_schema.sql")])
+        jobs.append([pg_dump, "--data-only", f"--table={pattern}", "--file", str(work / f"t{i}_data.sql")])
+    work.mkdir(parents=True, exist_ok=True)
+    with measured() as sample, ThreadPoolExecutor(max_workers=PER_OBJECT_WORKERS) as pool:
+        for result in pool.map(lambda argv: _run(argv, dsn), jobs):
+            _check(result, "per-object pg_dump")
+    return sample

@@ -1,0 +1,114 @@
+"""Our side of each comparison: the backup job through Dagster, the per-table split alone, the restore check."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from itertools import count
+from pathlib import Path
+
+import dagster as dg
+import psycopg
+
+from benchmarks.measure import Sample, measured
+from pg_backup_dagster.assets.backup import FULL, ROLES, SCHEMAS, TABLES, asset_key
+from pg_backup_dagster.backup_id import new_backup_id
+from pg_backup_dagster.config import SourceConfig
+from pg_backup_dagster.definitions import build_definitions
+from pg_backup_dagster.dumps import exact_row_counts
+from pg_backup_dagster.partitions import backups_partitions_def
+from pg_backup_dagster.pgtools import PgTools
+from pg_backup_dagster.runner import run_backup
+from pg_backup_dagster.tiers.catalog import fetch_table_catalog
+from pg_backup_dagster.tiers.table_split import split_archive
+from pg_backup_dagster.verification import restore_and_compare
+
+DSN_ENV = "PGBD_BENCH_SOURCE_DSN"
+TIER_ASSETS = (ROLES, FULL, SCHEMAS, TABLES)
+TIERS_ONLY_JOB = "bench_tiers_only"
+_ids = count()
+
+
+@dataclass
+class JobRun:
+    """One backup job run: its cost, whether it succeeded, and how long each Dagster step took."""
+
+    sample: Sample
+    success: bool
+    steps: dict[str, float] = field(default_factory=dict)
+    checks: dict[str, bool] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {**self.sample.as_dict(), "success": self.success, "steps": self.steps, "checks": self.checks,
+                "errors": self.errors}
+
+
+def bench_source(target: Path) -> SourceConfig:
+    """The source as an operator would configure it: defaults everywhere, restore check on a local server."""
+    return SourceConfig(name="bench", dsn_env=DSN_ENV, target=str(target), restore_url_env=None)
+
+
+def _unique_backup_id() -> str:
+    """Distinct ids even for runs within one second (the id has second resolution)."""
+    return new_backup_id(datetime.now(UTC) + timedelta(seconds=next(_ids)))
+
+
+def _step_seconds(instance: dg.DagsterInstance, run_id: str) -> dict[str, float]:
+    records = instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_SUCCESS)
+    return {r.dagster_event.step_key: round(r.dagster_event.event_specific_data.duration_ms / 1000, 3)
+            for r in records}
+
+
+def run_job(source: SourceConfig, dsn: str, instance: dg.DagsterInstance, *, checks: bool) -> JobRun:
+    """The backup job in process. With checks: `run_backup`, exactly what the CLI runs (checks, then publish).
+
+    Without checks: a job over the same asset definitions selecting the four tier assets `.without_checks()`;
+    the manifest step is left out too (publish refuses a backup whose checks did not run).
+    """
+    os.environ[DSN_ENV] = dsn
+    backup_id = _unique_backup_id()
+    if checks:
+        with measured() as sample:
+            outcome = run_backup(source, [source], instance, backup_id=backup_id, log_level="ERROR")
+        return JobRun(sample, outcome.success, _step_seconds(instance, outcome.run_id),
+                      {name: passed for name, (passed, _) in outcome.checks.items()}, outcome.errors)
+    with measured() as sample:
+        defs = dg.Definitions.merge(build_definitions([source]), dg.Definitions(jobs=[tiers_only_job(source)]))
+        instance.add_dynamic_partitions(source.partitions_name, [backup_id])
+        result = defs.resolve_job_def(TIERS_ONLY_JOB).execute_in_process(
+            run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
+            partition_key=backup_id, instance=instance, raise_on_error=False,
+        )
+    evaluations = result.get_asset_check_evaluations()
+    errors = [] if not evaluations else [f"{len(evaluations)} checks ran although none were selected"]
+    return JobRun(sample, result.success and not evaluations, _step_seconds(instance, result.run_id), {}, errors)
+
+
+def tiers_only_job(source: SourceConfig) -> dg.UnresolvedAssetJobDefinition:
+    """The backup job's four tier assets without their checks (an asset selection alone would pull them in)."""
+    selection = dg.AssetSelection.assets(*(asset_key(source, name) for name in TIER_ASSETS)).without_checks()
+    return dg.define_asset_job(TIERS_ONLY_JOB, selection=selection, partitions_def=backups_partitions_def(source))
+
+
+def expected_counts(dsn: str) -> list[dict]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return exact_row_counts(conn, frozenset())
+
+
+def split_only(tools: PgTools, dsn: str, archive: Path, out_dir: Path) -> dict:
+    """The per-table tier alone: one catalog query, then `split_archive` over a full archive."""
+    with measured() as catalog_sample, psycopg.connect(dsn, autocommit=True) as conn:
+        catalog = fetch_table_catalog(conn)
+    with measured() as sample:
+        result = split_archive(archive, out_dir, catalog, pg_restore=tools.path("pg_restore"))
+    return {**sample.as_dict(), "catalog_seconds": round(catalog_sample.seconds, 3), "tables": len(result.tables)}
+
+
+def restore_check(tools: PgTools, archive: Path, expected: list[dict], restore_url: str | None, jobs: int) -> dict:
+    """`restore_and_compare` as the full_dump check calls it; restore_url None means an ephemeral local server."""
+    with measured() as sample:
+        report = restore_and_compare(tools, archive, expected, restore_url=restore_url, jobs=jobs)
+    return {**sample.as_dict(), "passed": report.passed, "pg_restore_seconds": round(report.seconds, 3),
+            "tables_checked": len(report.tables)}

@@ -1,0 +1,148 @@
+"""`python -m benchmarks.run [--quick] [--out DIR]`: measure the tiers against bare pg_dump in one run.
+
+Generates two databases on a throwaway PostgreSQL 18 server (the default shape and a many-table variant),
+measures every approach on each side by side, prints the ratio table with the issue's targets, and writes
+results.json and scaling.png into DIR. See benchmarks/README.md for what each figure means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dagster as dg
+import psycopg
+
+from benchmarks import baselines, ours
+from benchmarks.dataset import DatasetSpec, create_dataset, schema_name, table_name
+from benchmarks.report import draw_plot, format_table, ratios, write_json
+from pg_backup_dagster.local_server import ephemeral_server
+from pg_backup_dagster.pgtools import PgTools, find_tools
+from pg_backup_dagster.runner import open_instance
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny databases (smoke run, seconds)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory (default: %(default)s)")
+    parser.add_argument("--shape", type=_shape, help="main database as SCHEMASxTABLESxROWS (default 10x50x2000)")
+    parser.add_argument("--large-shape", type=_shape, help="many-table variant (default 50x100x200)")
+    return parser.parse_args(argv)
+
+
+def _shape(text: str) -> tuple[int, int, int]:
+    try:
+        schemas, tables, rows = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not SCHEMASxTABLESxROWS") from None
+    return schemas, tables, rows
+
+
+def dataset_specs(args: argparse.Namespace) -> tuple[DatasetSpec, DatasetSpec]:
+    main = args.shape or ((2, 5, 100) if args.quick else (10, 50, 2000))
+    large = args.large_shape or ((2, 25, 20) if args.quick else (50, 100, 200))
+    return DatasetSpec("bench_main", *main), DatasetSpec("bench_large", *large)
+
+
+def log(message: str) -> None:
+    print(f"[{datetime.now().strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def database_mb(dsn: str) -> float:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return round(conn.execute("SELECT pg_database_size(current_database())").fetchone()[0] / 2**20, 1)
+
+
+def measure_dataset(spec: DatasetSpec, *, source_server, restore_server, tools: PgTools,
+                    instance: dg.DagsterInstance, work: Path, with_baselines: bool) -> tuple[dict, dict]:
+    """Every measurement on one generated database, in a fixed order; returns (dataset info, measurements)."""
+    started = time.monotonic()
+    dsn = create_dataset(source_server.dsn(), source_server.dsn, spec)
+    info = {**spec.describe(), "db_mb": database_mb(dsn), "generate_seconds": round(time.monotonic() - started, 1)}
+    log(f"{spec.name}: {spec.tables} tables, {info['total_rows']} rows, {info['db_mb']} MB")
+    work.mkdir(parents=True)
+    archive = work / "full.dump"
+    results: dict = {}
+    results["bare_pg_dump"] = baselines.bare_dump(tools, dsn, archive).as_dict()
+    results["bare_pg_dump"]["bytes"] = archive.stat().st_size
+    log(f"  bare pg_dump -Fc: {results['bare_pg_dump']['seconds']:.1f}s")
+    jobs = ours.bench_source(work).restore_jobs
+    results["bare_pg_restore"] = baselines.bare_restore(
+        tools, archive, restore_server.dsn(), restore_server.dsn("bare_restore"), jobs).as_dict()
+    log(f"  bare pg_restore -j{jobs}: {results['bare_pg_restore']['seconds']:.1f}s")
+    expected = ours.expected_counts(dsn)
+    results["restore_check_ephemeral"] = ours.restore_check(tools, archive, expected, None, jobs)
+    results["restore_check_server"] = ours.restore_check(tools, archive, expected, restore_server.dsn(), jobs)
+    log(f"  restore check: {results['restore_check_ephemeral']['seconds']:.1f}s (ephemeral server), "
+        f"{results['restore_check_server']['seconds']:.1f}s (restore server)")
+    results["split"] = ours.split_only(tools, dsn, archive, work / "split")
+    shutil.rmtree(work / "split")
+    log(f"  per-table split alone: {results['split']['seconds']:.1f}s")
+    source = ours.bench_source(work / "target")
+    for checks in (False, True):
+        run = ours.run_job(source, dsn, instance, checks=checks)
+        results[f"job_checks_{'on' if checks else 'off'}"] = run.as_dict()
+        log(f"  backup job, checks {'on' if checks else 'off'}: {run.sample.seconds:.1f}s, "
+            f"peak RSS {run.sample.peak_rss_mb:.0f} MB, success={run.success} {'; '.join(run.errors)}")
+        shutil.rmtree(work / "target", ignore_errors=True)
+    if with_baselines:
+        schemas = [schema_name(i) for i in range(spec.schemas)]
+        tables = [(s, table_name(j)) for s in schemas for j in range(spec.tables_per_schema)]
+        results["per_object"] = baselines.per_object_dump(tools, dsn, schemas, tables, work / "per_object").as_dict()
+        shutil.rmtree(work / "per_object")
+        log(f"  per-object baseline ({len(schemas) + 2 * len(tables)} pg_dumps, "
+            f"{baselines.PER_OBJECT_WORKERS} at a time): {results['per_object']['seconds']:.1f}s")
+        results["compression"] = baselines.compression_choices(tools, dsn, work)
+        log(f"  compression: {results['compression']}")
+    with psycopg.connect(source_server.dsn(), autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE {spec.name} WITH (FORCE)")
+    shutil.rmtree(work)
+    return info, results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    main_spec, large_spec = dataset_specs(args)
+    tools = find_tools()
+    started = time.monotonic()
+    results: dict = {
+        "meta": {
+            "started": datetime.now(UTC).isoformat(timespec="seconds"), "quick": args.quick,
+            "cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "pg_dump": tools.version, "dagster": dg.__version__,
+            "checks_off_method": "a job over the same asset definitions selecting the four tier assets "
+                                 "without their checks (no manifest: publish refuses an unchecked backup)",
+        },
+        "datasets": {}, "measurements": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="pgbd-bench-") as tmp:
+        instance = open_instance(Path(tmp) / "dagster_home")
+        with ephemeral_server(Path(tmp)) as source_server, ephemeral_server(Path(tmp)) as restore_server:
+            for label, spec, with_baselines in (("main", main_spec, True), ("large", large_spec, False)):
+                info, measured = measure_dataset(spec, source_server=source_server, restore_server=restore_server,
+                                                 tools=tools, instance=instance, work=Path(tmp) / label,
+                                                 with_baselines=with_baselines)
+                results["datasets"][label], results["measurements"][label] = info, measured
+        instance.dispose()
+    results["meta"]["total_seconds"] = round(time.monotonic() - started, 1)
+    rows = ratios(results)
+    print()
+    print(format_table(rows))
+    write_json(results, rows, args.out / "results.json")
+    draw_plot(results, args.out / "scaling.png")
+    print(f"\nwrote {args.out / 'results.json'} and {args.out / 'scaling.png'} in {results['meta']['total_seconds']}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""Retention applied to a real history: backups made through Dagster, two sources in one target, a second prefix.
+
+The history is built once per module (real runs with backup ids spaced in days) and copied per test, so
+every test may delete freely. The alpha runs go A2, A3, A1 (A1 last, as a backfill would), so latest.json
+points at the oldest backup and the latest guard is exercised by a real history, not a hand-made pointer.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from pg_backup_dagster.cli import app
+from pg_backup_dagster.config import SourceConfig
+from pg_backup_dagster.definitions import build_definitions
+from pg_backup_dagster.retention import RetentionPolicy
+from pg_backup_dagster.retention_run import LATEST_GUARD, plan_for_source, run_retention
+from pg_backup_dagster.runner import run_backup
+from pg_backup_dagster.storage import open_storage
+from pg_backup_dagster_tests.conftest import create_database
+
+DSN_ENV = "PGBD_TEST_RETENTION_DSN"
+RESTORE_ENV = "PGBD_TEST_RETENTION_RESTORE_URL"
+TINY_SQL = "CREATE TABLE items (id int PRIMARY KEY, name text); INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 20) g;"
+A1, A2, A3, A4 = (f"2026-01-0{day}T00-00-00Z" for day in (1, 2, 3, 4))
+B1 = A2  # the same id under another source must not matter
+KEEP_ONE = RetentionPolicy(keep_last=1)
+
+
+def source(name: str, target: Path, **overrides) -> SourceConfig:
+    return SourceConfig(
+        name=name, dsn_env=DSN_ENV, target=str(target), restore_url_env=RESTORE_ENV, retention=KEEP_ONE, **overrides
+    )
+
+
+@pytest.fixture(scope="module")
+def history(pg18, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real backups: alpha A2, A3, A1 (in that order) and beta B1, all in one target directory."""
+    os.environ[DSN_ENV] = create_database(pg18, "retention", TINY_SQL)
+    os.environ[RESTORE_ENV] = pg18.dsn()
+    target = tmp_path_factory.mktemp("history") / "target"
+    alpha, beta = source("alpha", target), source("beta", target)
+    with dg.instance_for_test() as instance:
+        for src, backup_id in ((alpha, A2), (alpha, A3), (alpha, A1), (beta, B1)):
+            outcome = run_backup(src, [alpha, beta], instance, backup_id=backup_id)
+            assert outcome.success, outcome.errors
+    return target
+
+
+@dataclass
+class World:
+    """A private copy of the history, a copy of alpha under another prefix, and an instance with the partitions."""
+
+    target: Path
+    other: Path
+    alpha: SourceConfig
+    beta: SourceConfig
+    instance: dg.DagsterInstance
+
+    def partitions(self, src: SourceConfig) -> set[str]:
+        return set(self.instance.get_dynamic_partitions(src.partitions_name))
+
+
+@pytest.fixture
+def world(history: Path, tmp_path: Path) -> Iterator[World]:
+    target, other = tmp_path / "target", tmp_path / "other"
+    shutil.copytree(history, target, symlinks=True)
+    shutil.copytree(history / "alpha", other / "alpha", symlinks=True)
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("alpha_backups", [A1, A2, A3])
+        instance.add_dynamic_partitions("beta_backups", [B1])
+        yield World(target, other, source("alpha", target), source("beta", target), instance)
+
+
+def write_config(path: Path, sources: list[SourceConfig]) -> Path:
+    entries = [{"name": s.name, "dsn_env": DSN_ENV, "target": s.target, "retention": {"keep_last": 1}} for s in sources]
+    path.write_text(yaml.safe_dump({"sources": entries}))
+    return path
+
+
+def test_history_is_as_intended(history: Path) -> None:
+    storage = open_storage(str(history))
+    assert storage.list_backups("alpha") == [A1, A2, A3]
+    assert storage.list_backups("beta") == [B1]
+    assert storage.read_latest("alpha")["backup_id"] == A1
+
+
+def test_cli_dry_run_prints_plan_with_reasons_and_deletes_nothing(world: World, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("PG_BACKUP_CONFIG", str(write_config(tmp_path / "c.yaml", [world.alpha, world.beta])))
+    result = CliRunner().invoke(app, ["retention"])
+    assert result.exit_code == 0, result.output
+    lines = [line.strip() for line in result.output.splitlines()]
+    assert f"keep    {A1}  {LATEST_GUARD}" in lines
+    assert f"delete  {A2}  not kept by any rule" in lines
+    assert f"keep    {A3}  keep_last 1, minimum, newest passing" in lines
+    assert f"keep    {B1}  keep_last 1, minimum, newest passing" in lines
+    assert "dry run: 1 backup(s) would be deleted; pass --apply to delete them" in lines
+    storage = open_storage(str(world.target))
+    assert storage.list_backups("alpha") == [A1, A2, A3]
+    assert world.partitions(world.alpha) == {A1, A2, A3}
+
+
+def test_cli_apply_deletes_only_what_the_plan_says_in_its_own_source_and_prefix(world: World, tmp_path, monkeypatch):
+    leftover = world.target / "alpha" / "2025-12-31T00-00-00Z"  # a folder without manifest: not retention's business
+    leftover.mkdir()
+    (leftover / "roles.sql").write_text("-- partial\n")
+    monkeypatch.setenv("PG_BACKUP_CONFIG", str(write_config(tmp_path / "c.yaml", [world.alpha, world.beta])))
+    result = CliRunner().invoke(app, ["retention", "--source", "alpha", "--apply"])
+    assert result.exit_code == 0, result.output
+    assert f"deleted {A2}  not kept by any rule" in [line.strip() for line in result.output.splitlines()]
+
+    storage = open_storage(str(world.target))
+    assert storage.list_backups("alpha") == [A1, A3]
+    assert not (world.target / "alpha" / A2).exists()
+    assert world.partitions(world.alpha) == {A1, A3}
+    assert storage.read_latest("alpha")["backup_id"] == A1
+    assert leftover.is_dir()
+    assert storage.list_backups("beta") == [B1] and world.partitions(world.beta) == {B1}
+    assert open_storage(str(world.other)).list_backups("alpha") == [A1, A2, A3]
+    for backup_id in (A1, A3):
+        storage.fetch("alpha", backup_id, tmp_path / backup_id)  # what stays is intact (sha256 verified)
+
+
+def test_retention_job_runs_in_dagster_and_removes_partitions(world: World) -> None:
+    defs = build_definitions([world.alpha, world.beta])
+    result = defs.resolve_job_def("retention_alpha").execute_in_process(instance=world.instance)
+    assert result.success
+    storage = open_storage(str(world.target))
+    assert storage.list_backups("alpha") == [A1, A3]
+    assert world.partitions(world.alpha) == {A1, A3}
+    assert storage.list_backups("beta") == [B1] and world.partitions(world.beta) == {B1}
+    [materialization] = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
+    assert materialization.step_output_data.metadata["deleted"].value == 1
+
+
+def test_retention_after_backup_runs_when_configured(world: World) -> None:
+    alpha = replace(world.alpha, retention_after_backup=True)
+    outcome = run_backup(alpha, [alpha, world.beta], world.instance, backup_id=A4)
+    assert outcome.success, outcome.errors
+    storage = open_storage(str(world.target))
+    assert storage.list_backups("alpha") == [A4], "latest moved to A4, so keep_last 1 keeps only A4"
+    assert world.partitions(alpha) == {A4}
+    assert storage.list_backups("beta") == [B1] and world.partitions(world.beta) == {B1}
+    assert open_storage(str(world.other)).list_backups("alpha") == [A1, A2, A3]
+
+
+policies = st.builds(
+    RetentionPolicy,
+    keep_last=st.none() | st.integers(1, 4),
+    max_age_days=st.none() | st.floats(0, 60),
+    daily=st.integers(0, 3),
+    weekly=st.integers(0, 2),
+    monthly=st.integers(0, 2),
+    minimum=st.integers(0, 3),
+)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(policy=policies, days_later=st.floats(0, 120))
+def test_applied_policies_keep_their_promises_on_real_storage(world: World, policy, days_later) -> None:
+    """Any policy, any time: never below the minimum, never the newest passing or latest, only alpha's own."""
+    target = world.target.parent / f"copy-{uuid.uuid4().hex[:8]}"
+    shutil.copytree(world.target, target, symlinks=True)
+    alpha = replace(world.alpha, target=str(target), retention=policy)
+    world.instance.add_dynamic_partitions("alpha_backups", [A1, A2, A3])
+    now = datetime(2026, 1, 3, tzinfo=UTC) + timedelta(days=days_later)
+
+    planned = plan_for_source(alpha, open_storage(str(target)), now)
+    result = run_retention(alpha, open_storage(str(target)), world.instance, apply=True, now=now)
+    assert result.plan == planned.plan
+    kept = open_storage(str(target)).list_backups("alpha")
+    assert kept == sorted(r.backup_id for r in planned.plan.keep)
+    assert set(kept) | set(result.deleted) == {A1, A2, A3}
+    assert {A1, A3} <= set(kept), "latest.json's backup and the newest passing one always stay"
+    assert len(kept) >= min(policy.minimum, 3)
+    assert world.partitions(alpha) == set(kept)
+    assert open_storage(str(target)).list_backups("beta") == [B1]
+    assert open_storage(str(world.other)).list_backups("alpha") == [A1, A2, A3]
+    shutil.rmtree(target)
