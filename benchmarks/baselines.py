@@ -15,20 +15,19 @@ from pg_backup_dagster.dumps import exact_pattern
 from pg_backup_dagster.pgtools import PgTools
 from pg_backup_dagster.verification import split_password
 
-COMPRESSIONS = ("gzip", "zstd", "lz4", "none")
+COMPRESSIONS = ("gzip", "gzip:1", "zstd", "lz4", "none")
 PER_OBJECT_WORKERS = 8
 
 
-def _run(argv: list[str], dsn: str) -> subprocess.CompletedProcess:
+def run_pg_tool(argv: list[str], dsn: str) -> None:
+    """Run a pg tool against dsn, password in the environment; raise with its stderr if it fails."""
     safe_dsn, env = split_password(dsn)
     base = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    return subprocess.run([*argv, "--dbname", safe_dsn], env={**base, **env}, capture_output=True, text=True,
-                          check=False)
-
-
-def _check(result: subprocess.CompletedProcess, what: str) -> None:
+    result = subprocess.run(
+        [*argv, "--dbname", safe_dsn], env={**base, **env}, capture_output=True, text=True, check=False
+    )
     if result.returncode != 0:
-        raise RuntimeError(f"{what} failed: {result.stderr.strip()[-500:]}")
+        raise RuntimeError(f"{Path(argv[0]).name} failed: {result.stderr.strip()[-500:]}")
 
 
 def bare_dump(tools: PgTools, dsn: str, archive: Path, compression: str | None = None) -> Sample:
@@ -37,16 +36,25 @@ def bare_dump(tools: PgTools, dsn: str, archive: Path, compression: str | None =
     if compression:
         argv.append(f"--compress={compression}")
     with measured() as sample:
-        _check(_run(argv, dsn), f"pg_dump {compression or ''}")
+        run_pg_tool(argv, dsn)
     return sample
 
 
 def compression_supported(tools: PgTools, method: str) -> bool:
     """pg_dump rejects a method it was built without before connecting; probe with an unreachable DSN."""
     result = subprocess.run(
-        [tools.path("pg_dump"), "--format=custom", f"--compress={method}", "--file", os.devnull,
-         "--dbname", "postgresql://127.0.0.1:1/none?connect_timeout=1"],
-        capture_output=True, text=True, check=False,
+        [
+            tools.path("pg_dump"),
+            "--format=custom",
+            f"--compress={method}",
+            "--file",
+            os.devnull,
+            "--dbname",
+            "postgresql://127.0.0.1:1/none?connect_timeout=1",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     return "invalid compression specification" not in result.stderr
 
@@ -76,7 +84,7 @@ def bare_restore(tools: PgTools, archive: Path, admin_dsn: str, dsn: str, jobs: 
     create_database(admin_dsn, psycopg.conninfo.conninfo_to_dict(dsn)["dbname"])
     argv = [tools.path("pg_restore"), "--no-owner", "--no-privileges", f"--jobs={jobs}", str(archive)]
     with measured() as sample:
-        _check(_run(argv, dsn), "pg_restore")
+        run_pg_tool(argv, dsn)
     return sample
 
 
@@ -93,6 +101,5 @@ def per_object_dump(tools: PgTools, dsn: str, schemas: list[str], tables: list[t
         jobs.append([pg_dump, "--data-only", f"--table={pattern}", "--file", str(work / f"t{i}_data.sql")])
     work.mkdir(parents=True, exist_ok=True)
     with measured() as sample, ThreadPoolExecutor(max_workers=PER_OBJECT_WORKERS) as pool:
-        for result in pool.map(lambda argv: _run(argv, dsn), jobs):
-            _check(result, "per-object pg_dump")
+        list(pool.map(lambda argv: run_pg_tool(argv, dsn), jobs))
     return sample

@@ -57,7 +57,9 @@ def _schema_statements(schema: str, tables: int, rows: int) -> list[sql.Composed
             ).format(ident, sql.Literal(max(rows, 1)), sql.Literal(f"{schema}.{j}"), sql.Literal(rows)),
         ]
         if j:
-            statements.append(sql.SQL("ALTER TABLE {} ADD FOREIGN KEY (parent_id) REFERENCES {} (id)").format(ident, first))
+            statements.append(
+                sql.SQL("ALTER TABLE {} ADD FOREIGN KEY (parent_id) REFERENCES {} (id)").format(ident, first)
+            )
     return statements
 
 
@@ -74,8 +76,10 @@ def create_dataset(admin_dsn: str, dsn_for, spec: DatasetSpec, workers: int = 2)
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(spec.name)))
     dsn = dsn_for(spec.name)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(_create_schema, dsn, schema_name(i), spec.tables_per_schema, spec.rows)
-                   for i in range(spec.schemas)]
+        futures = [
+            pool.submit(_create_schema, dsn, schema_name(i), spec.tables_per_schema, spec.rows)
+            for i in range(spec.schemas)
+        ]
         for future in futures:
             future.result()
     with psycopg.connect(dsn, autocommit=True) as conn:

@@ -6,7 +6,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psutil
 
@@ -15,49 +15,63 @@ MB = 1024 * 1024
 
 @dataclass
 class Sample:
-    """What one measured block cost: seconds, and peak RSS of the process tree while it ran."""
+    """What one measured block cost: seconds, and peak memory of the process tree while it ran.
+
+    pss is the proportional set size (a page shared by n processes counts 1/n in each), so a child that was
+    just forked from this process and has not exec'd yet adds nothing; rss sums resident sizes and counts
+    such shared pages in every process (an upper bound).
+    """
 
     seconds: float = 0.0
+    peak_pss_mb: float = 0.0
     peak_rss_mb: float = 0.0
     peak_python_rss_mb: float = 0.0
-    peak_children_rss_mb: float = 0.0
+    peak_processes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        return {k: round(v, 3) for k, v in vars(self).items()}
+        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in vars(self).items()}
 
 
-def _tree_rss() -> tuple[int, int]:
-    """(RSS of this process, summed RSS of all its live descendants). Shared pages count twice: an upper bound."""
+def _memory(process: psutil.Process) -> tuple[str, int, int]:
+    info = process.memory_full_info()
+    return process.name(), info.rss, getattr(info, "pss", info.rss)
+
+
+def _tree_memory() -> list[tuple[str, int, int]]:
+    """(name, rss, pss) of this process first, then of each live descendant."""
     me = psutil.Process()
-    children = 0
+    found = [_memory(me)]
     for child in me.children(recursive=True):
         try:
-            children += child.memory_info().rss
+            found.append(_memory(child))
         except psutil.Error:  # exited between listing and reading
             continue
-    return me.memory_info().rss, children
+    return found
 
 
 @contextmanager
 def measured(interval: float = 0.05) -> Iterator[Sample]:
-    """Time the block and sample RSS of the process tree every `interval` seconds in a background thread.
+    """Time the block and sample memory of the process tree every `interval` seconds in a background thread.
 
     Servers started with pg_ctl detach from our tree, so PostgreSQL's own memory is not counted; pg_dump,
-    pg_restore and psql children are.
+    pg_restore, psql and Dagster's helper processes are.
     """
     sample = Sample()
     stop = threading.Event()
 
     def poll() -> None:
         while True:
-            own, children = _tree_rss()
-            sample.peak_python_rss_mb = max(sample.peak_python_rss_mb, own / MB)
-            sample.peak_children_rss_mb = max(sample.peak_children_rss_mb, children / MB)
-            sample.peak_rss_mb = max(sample.peak_rss_mb, (own + children) / MB)
+            tree = _tree_memory()
+            pss = sum(p for _, _, p in tree) / MB
+            sample.peak_rss_mb = max(sample.peak_rss_mb, sum(r for _, r, _ in tree) / MB)
+            sample.peak_python_rss_mb = max(sample.peak_python_rss_mb, tree[0][1] / MB)
+            if pss > sample.peak_pss_mb:
+                sample.peak_pss_mb = pss
+                sample.peak_processes = [f"{name} {p / MB:.0f} MB" for name, _, p in tree]
             if stop.wait(interval):
                 return
 
-    thread = threading.Thread(target=poll, name="rss-sampler", daemon=True)
+    thread = threading.Thread(target=poll, name="memory-sampler", daemon=True)
     started = time.monotonic()
     thread.start()
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import count
@@ -11,12 +12,13 @@ from pathlib import Path
 import dagster as dg
 import psycopg
 
+from benchmarks.baselines import run_pg_tool
 from benchmarks.measure import Sample, measured
 from pg_backup_dagster.assets.backup import FULL, ROLES, SCHEMAS, TABLES, asset_key
 from pg_backup_dagster.backup_id import new_backup_id
 from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.definitions import build_definitions
-from pg_backup_dagster.dumps import exact_row_counts
+from pg_backup_dagster.dumps import exact_pattern, exact_row_counts
 from pg_backup_dagster.partitions import backups_partitions_def
 from pg_backup_dagster.pgtools import PgTools
 from pg_backup_dagster.runner import run_backup
@@ -41,8 +43,13 @@ class JobRun:
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        return {**self.sample.as_dict(), "success": self.success, "steps": self.steps, "checks": self.checks,
-                "errors": self.errors}
+        return {
+            **self.sample.as_dict(),
+            "success": self.success,
+            "steps": self.steps,
+            "checks": self.checks,
+            "errors": self.errors,
+        }
 
 
 def bench_source(target: Path) -> SourceConfig:
@@ -57,8 +64,7 @@ def _unique_backup_id() -> str:
 
 def _step_seconds(instance: dg.DagsterInstance, run_id: str) -> dict[str, float]:
     records = instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_SUCCESS)
-    return {r.dagster_event.step_key: round(r.dagster_event.event_specific_data.duration_ms / 1000, 3)
-            for r in records}
+    return {r.dagster_event.step_key: round(r.dagster_event.event_specific_data.duration_ms / 1000, 3) for r in records}
 
 
 def run_job(source: SourceConfig, dsn: str, instance: dg.DagsterInstance, *, checks: bool) -> JobRun:
@@ -72,14 +78,21 @@ def run_job(source: SourceConfig, dsn: str, instance: dg.DagsterInstance, *, che
     if checks:
         with measured() as sample:
             outcome = run_backup(source, [source], instance, backup_id=backup_id, log_level="ERROR")
-        return JobRun(sample, outcome.success, _step_seconds(instance, outcome.run_id),
-                      {name: passed for name, (passed, _) in outcome.checks.items()}, outcome.errors)
+        return JobRun(
+            sample,
+            outcome.success,
+            _step_seconds(instance, outcome.run_id),
+            {name: passed for name, (passed, _) in outcome.checks.items()},
+            outcome.errors,
+        )
     with measured() as sample:
         defs = dg.Definitions.merge(build_definitions([source]), dg.Definitions(jobs=[tiers_only_job(source)]))
         instance.add_dynamic_partitions(source.partitions_name, [backup_id])
         result = defs.resolve_job_def(TIERS_ONLY_JOB).execute_in_process(
             run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
-            partition_key=backup_id, instance=instance, raise_on_error=False,
+            partition_key=backup_id,
+            instance=instance,
+            raise_on_error=False,
         )
     evaluations = result.get_asset_check_evaluations()
     errors = [] if not evaluations else [f"{len(evaluations)} checks ran although none were selected"]
@@ -92,8 +105,32 @@ def tiers_only_job(source: SourceConfig) -> dg.UnresolvedAssetJobDefinition:
     return dg.define_asset_job(TIERS_ONLY_JOB, selection=selection, partitions_def=backups_partitions_def(source))
 
 
+def schema_dumps_alone(tools: PgTools, dsn: str, schemas: list[str], work: Path, workers: int) -> dict:
+    """The schema tier's pg_dumps on their own (same flags and parallelism as the job, no snapshot).
+
+    Each `pg_dump --schema` still reads the whole catalog, so this costs schemas × catalog size.
+    """
+    work.mkdir(parents=True, exist_ok=True)
+    argvs = [
+        [
+            tools.path("pg_dump"),
+            "--format=custom",
+            "--no-owner",
+            "--no-privileges",
+            f"--schema={exact_pattern(s)}",
+            "--strict-names",
+            "--file",
+            str(work / f"{i}.dump"),
+        ]
+        for i, s in enumerate(schemas)
+    ]
+    with measured() as sample, ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(lambda argv: run_pg_tool(argv, dsn), argvs))
+    return {**sample.as_dict(), "schemas": len(schemas), "workers": workers}
+
+
 def expected_counts(dsn: str) -> list[dict]:
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with psycopg.connect(dsn) as conn:  # a transaction: exact_row_counts counts in savepoints
         return exact_row_counts(conn, frozenset())
 
 
@@ -110,5 +147,9 @@ def restore_check(tools: PgTools, archive: Path, expected: list[dict], restore_u
     """`restore_and_compare` as the full_dump check calls it; restore_url None means an ephemeral local server."""
     with measured() as sample:
         report = restore_and_compare(tools, archive, expected, restore_url=restore_url, jobs=jobs)
-    return {**sample.as_dict(), "passed": report.passed, "pg_restore_seconds": round(report.seconds, 3),
-            "tables_checked": len(report.tables)}
+    return {
+        **sample.as_dict(),
+        "passed": report.passed,
+        "pg_restore_seconds": round(report.seconds, 3),
+        "tables_checked": len(report.tables),
+    }

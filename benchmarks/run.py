@@ -62,12 +62,25 @@ def database_mb(dsn: str) -> float:
         return round(conn.execute("SELECT pg_database_size(current_database())").fetchone()[0] / 2**20, 1)
 
 
-def measure_dataset(spec: DatasetSpec, *, source_server, restore_server, tools: PgTools,
-                    instance: dg.DagsterInstance, work: Path, with_baselines: bool) -> tuple[dict, dict]:
+def measure_dataset(
+    spec: DatasetSpec,
+    *,
+    source_server,
+    restore_server,
+    tools: PgTools,
+    instance: dg.DagsterInstance,
+    work: Path,
+    with_baselines: bool,
+) -> tuple[dict, dict]:
     """Every measurement on one generated database, in a fixed order; returns (dataset info, measurements)."""
     started = time.monotonic()
     dsn = create_dataset(source_server.dsn(), source_server.dsn, spec)
-    info = {**spec.describe(), "db_mb": database_mb(dsn), "generate_seconds": round(time.monotonic() - started, 1)}
+    info = {
+        **spec.describe(),
+        "db_mb": database_mb(dsn),
+        "generate_seconds": round(time.monotonic() - started, 1),
+        "load_average_before": os.getloadavg(),
+    }
     log(f"{spec.name}: {spec.tables} tables, {info['total_rows']} rows, {info['db_mb']} MB")
     work.mkdir(parents=True)
     archive = work / "full.dump"
@@ -77,32 +90,47 @@ def measure_dataset(spec: DatasetSpec, *, source_server, restore_server, tools: 
     log(f"  bare pg_dump -Fc: {results['bare_pg_dump']['seconds']:.1f}s")
     jobs = ours.bench_source(work).restore_jobs
     results["bare_pg_restore"] = baselines.bare_restore(
-        tools, archive, restore_server.dsn(), restore_server.dsn("bare_restore"), jobs).as_dict()
+        tools, archive, restore_server.dsn(), restore_server.dsn("bare_restore"), jobs
+    ).as_dict()
     log(f"  bare pg_restore -j{jobs}: {results['bare_pg_restore']['seconds']:.1f}s")
     expected = ours.expected_counts(dsn)
     results["restore_check_ephemeral"] = ours.restore_check(tools, archive, expected, None, jobs)
     results["restore_check_server"] = ours.restore_check(tools, archive, expected, restore_server.dsn(), jobs)
-    log(f"  restore check: {results['restore_check_ephemeral']['seconds']:.1f}s (ephemeral server), "
-        f"{results['restore_check_server']['seconds']:.1f}s (restore server)")
+    log(
+        f"  restore check: {results['restore_check_ephemeral']['seconds']:.1f}s (ephemeral server), "
+        f"{results['restore_check_server']['seconds']:.1f}s (restore server)"
+    )
     results["split"] = ours.split_only(tools, dsn, archive, work / "split")
     shutil.rmtree(work / "split")
     log(f"  per-table split alone: {results['split']['seconds']:.1f}s")
+    schemas = [schema_name(i) for i in range(spec.schemas)]
+    workers = max(1, ours.bench_source(work).max_connections - 1)
+    results["schema_dumps_alone"] = ours.schema_dumps_alone(tools, dsn, schemas, work / "schemas", workers)
+    shutil.rmtree(work / "schemas")
+    log(
+        f"  schema tier's pg_dumps alone ({len(schemas)}, {workers} at a time): "
+        f"{results['schema_dumps_alone']['seconds']:.1f}s"
+    )
     source = ours.bench_source(work / "target")
     for checks in (False, True):
         run = ours.run_job(source, dsn, instance, checks=checks)
         results[f"job_checks_{'on' if checks else 'off'}"] = run.as_dict()
-        log(f"  backup job, checks {'on' if checks else 'off'}: {run.sample.seconds:.1f}s, "
-            f"peak RSS {run.sample.peak_rss_mb:.0f} MB, success={run.success} {'; '.join(run.errors)}")
+        log(
+            f"  backup job, checks {'on' if checks else 'off'}: {run.sample.seconds:.1f}s, "
+            f"peak memory {run.sample.peak_pss_mb:.0f} MB PSS, success={run.success} {'; '.join(run.errors)}"
+        )
         shutil.rmtree(work / "target", ignore_errors=True)
     if with_baselines:
-        schemas = [schema_name(i) for i in range(spec.schemas)]
         tables = [(s, table_name(j)) for s in schemas for j in range(spec.tables_per_schema)]
         results["per_object"] = baselines.per_object_dump(tools, dsn, schemas, tables, work / "per_object").as_dict()
         shutil.rmtree(work / "per_object")
-        log(f"  per-object baseline ({len(schemas) + 2 * len(tables)} pg_dumps, "
-            f"{baselines.PER_OBJECT_WORKERS} at a time): {results['per_object']['seconds']:.1f}s")
+        log(
+            f"  per-object baseline ({len(schemas) + 2 * len(tables)} pg_dumps, "
+            f"{baselines.PER_OBJECT_WORKERS} at a time): {results['per_object']['seconds']:.1f}s"
+        )
         results["compression"] = baselines.compression_choices(tools, dsn, work)
         log(f"  compression: {results['compression']}")
+    info["load_average_after"] = os.getloadavg()
     with psycopg.connect(source_server.dsn(), autocommit=True) as conn:
         conn.execute(f"DROP DATABASE {spec.name} WITH (FORCE)")
     shutil.rmtree(work)
@@ -117,21 +145,32 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     results: dict = {
         "meta": {
-            "started": datetime.now(UTC).isoformat(timespec="seconds"), "quick": args.quick,
-            "cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-            "pg_dump": tools.version, "dagster": dg.__version__,
+            "started": datetime.now(UTC).isoformat(timespec="seconds"),
+            "quick": args.quick,
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "pg_dump": tools.version,
+            "dagster": dg.__version__,
             "checks_off_method": "a job over the same asset definitions selecting the four tier assets "
-                                 "without their checks (no manifest: publish refuses an unchecked backup)",
+            "without their checks (no manifest: publish refuses an unchecked backup)",
         },
-        "datasets": {}, "measurements": {},
+        "datasets": {},
+        "measurements": {},
     }
     with tempfile.TemporaryDirectory(prefix="pgbd-bench-") as tmp:
         instance = open_instance(Path(tmp) / "dagster_home")
         with ephemeral_server(Path(tmp)) as source_server, ephemeral_server(Path(tmp)) as restore_server:
             for label, spec, with_baselines in (("main", main_spec, True), ("large", large_spec, False)):
-                info, measured = measure_dataset(spec, source_server=source_server, restore_server=restore_server,
-                                                 tools=tools, instance=instance, work=Path(tmp) / label,
-                                                 with_baselines=with_baselines)
+                info, measured = measure_dataset(
+                    spec,
+                    source_server=source_server,
+                    restore_server=restore_server,
+                    tools=tools,
+                    instance=instance,
+                    work=Path(tmp) / label,
+                    with_baselines=with_baselines,
+                )
                 results["datasets"][label], results["measurements"][label] = info, measured
         instance.dispose()
     results["meta"]["total_seconds"] = round(time.monotonic() - started, 1)

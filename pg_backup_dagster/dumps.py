@@ -17,6 +17,7 @@ from pg_backup_dagster.profiles import filter_roles_sql, get_profile
 from pg_backup_dagster.resources.postgres import PostgresResource
 from pg_backup_dagster.staging import Staging
 
+COUNT_BATCH = 200  # tables counted per savepoint: bounds the locks the snapshot connection holds at once
 SYSTEM_SCHEMA_FILTER = (
     "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' "
     "AND n.nspname NOT LIKE 'pg\\_temp%'"
@@ -59,17 +60,24 @@ def user_schemas(conn: psycopg.Connection, excluded: frozenset[str]) -> list[str
 
 
 def exact_row_counts(conn: psycopg.Connection, excluded: frozenset[str]) -> list[dict]:
-    """count(*) of every table with data of its own, inside the snapshot: what a restore must reproduce."""
+    """count(*) of every table with data of its own, inside the snapshot: what a restore must reproduce.
+
+    Runs inside the caller's open transaction (the exported snapshot's).
+    """
     tables = conn.execute(
         "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
         f"WHERE c.relkind = 'r' AND {SYSTEM_SCHEMA_FILTER} ORDER BY 1, 2"
     ).fetchall()
+    wanted = [(schema, table) for schema, table in tables if schema not in excluded]
     counts = []
-    for schema, table in tables:
-        if schema in excluded:
-            continue
-        query = sql.SQL("SELECT count(*) FROM ONLY {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
-        counts.append({"schema": schema, "table": table, "rows": conn.execute(query).fetchone()[0]})
+    for start in range(0, len(wanted), COUNT_BATCH):
+        # Each count(*) locks its table and indexes until the transaction ends; with thousands of tables that
+        # exhausts max_locks_per_transaction. Rolling back a savepoint frees them and keeps the snapshot.
+        conn.execute("SAVEPOINT row_counts")
+        for schema, table in wanted[start:start + COUNT_BATCH]:
+            query = sql.SQL("SELECT count(*) FROM ONLY {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+            counts.append({"schema": schema, "table": table, "rows": conn.execute(query).fetchone()[0]})
+        conn.execute("ROLLBACK TO SAVEPOINT row_counts")
     return counts
 
 

@@ -8,6 +8,7 @@ from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.files import human_bytes
 from pg_backup_dagster.runner import BackupOutcome
 from pg_backup_dagster.storage import open_storage
+from pg_backup_dagster.storage.base import manifest_entries
 
 
 def print_outcome(outcome: BackupOutcome, source: SourceConfig) -> None:
@@ -42,7 +43,7 @@ def print_backup_list(source: SourceConfig) -> None:
         return
     for backup_id in ids:
         manifest = storage.read_manifest(source.name, backup_id)
-        size = sum(f["size"] for f in manifest["files"])
+        size = sum(f["size"] for f in manifest_entries(manifest, f"manifest of backup {source.name}/{backup_id}"))
         checks = "passed" if manifest.get("passed") else "FAILED"
         mark = "  <- latest" if backup_id == latest else ""
-        typer.echo(f"{backup_id}  {human_bytes(size):>10}  {len(manifest['tables']):>5} tables  checks {checks}{mark}")
+        typer.echo(f"{backup_id}  {human_bytes(size):>10}  {len(manifest.get('tables') or []):>5} tables  checks {checks}{mark}")

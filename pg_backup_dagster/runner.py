@@ -11,6 +11,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from pg_backup_dagster.abandoned_runs import process_tags, reclaim_abandoned_runs
 from pg_backup_dagster.backup_id import new_backup_id, validate_backup_id
 from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.definitions import build_definitions
@@ -51,11 +52,12 @@ def run_backup(
     backup_id = validate_backup_id(backup_id) if backup_id else new_backup_id()
     defs = build_definitions(sources)
     instance.add_dynamic_partitions(source.partitions_name, [backup_id])
+    reclaim_abandoned_runs(instance, source.name)
     job = defs.resolve_job_def(backup_job_name(source))
     result = job.execute_in_process(
         run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
         partition_key=backup_id, instance=instance, raise_on_error=False,
-        tags={"pg_backup/source": source.name, "pg_backup/trigger": "cli"},
+        tags={"pg_backup/source": source.name, "pg_backup/trigger": "cli", **process_tags()},
     )
     outcome = BackupOutcome(source.name, backup_id, result.run_id, result.success)
     for event in result.all_events:

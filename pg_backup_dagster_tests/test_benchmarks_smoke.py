@@ -10,16 +10,30 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PER_DATASET = ("bare_pg_dump", "bare_pg_restore", "restore_check_ephemeral", "restore_check_server", "split",
-               "job_checks_off", "job_checks_on")
+PER_DATASET = (
+    "bare_pg_dump",
+    "bare_pg_restore",
+    "restore_check_ephemeral",
+    "restore_check_server",
+    "split",
+    "schema_dumps_alone",
+    "job_checks_off",
+    "job_checks_on",
+)
 MAIN_ONLY = ("per_object", "compression")
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("bench")
-    result = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(out)],
-                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(out)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     return out, result
 
 
@@ -27,7 +41,7 @@ def test_command_succeeds_and_prints_the_ratio_table(quick_run):
     _, result = quick_run
     assert result.returncode == 0, result.stderr[-3000:]
     assert "per-object baseline / all tiers" in result.stdout
-    assert "peak RSS MB" in result.stdout
+    assert "peak memory MB" in result.stdout
 
 
 def test_json_holds_every_measurement(quick_run):

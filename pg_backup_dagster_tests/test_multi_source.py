@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
+import yaml
 
-from pg_backup_dagster.config import SourceConfig
-from pg_backup_dagster.instance import PG_URL_ENV, pool_limit, set_pool_limits
-from pg_backup_dagster.runner import open_instance, run_backup
+from pg_backup_dagster.config import SourceConfig, load_sources
+from pg_backup_dagster.errors import BackupError
+from pg_backup_dagster.instance import PG_URL_ENV, ensure_instance_config, pool_limit, set_pool_limits
+from pg_backup_dagster.runner import open_instance
 from pg_backup_dagster.storage import open_storage
 from pg_backup_dagster_tests.conftest import create_database
 
@@ -25,11 +30,17 @@ INSERT INTO public.notes (body) VALUES ('a'), ('b');
 
 
 @pytest.fixture
-def pg_instance(pg18, tmp_path, monkeypatch):
+def service_env(pg18, tmp_path, monkeypatch) -> dict[str, str]:
     """A fresh DAGSTER_HOME whose instance keeps runs and events in PostgreSQL (DAGSTER_PG_URL)."""
     url = create_database(pg18, "dagster").replace("postgresql://", "postgresql+psycopg2://")
     monkeypatch.setenv(PG_URL_ENV, url)
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PG_BACKUP_CONFIG", str(tmp_path / "sources.yaml"))
+    return os.environ
+
+
+@pytest.fixture
+def pg_instance(service_env, tmp_path):
     instance = open_instance(tmp_path / "home")
     try:
         yield instance
@@ -37,10 +48,33 @@ def pg_instance(pg18, tmp_path, monkeypatch):
         instance.dispose()
 
 
-def source(name: str, dsn: str, tmp_path, monkeypatch, **kw) -> SourceConfig:
-    env = f"PGBD_TEST_MULTI_{name.upper()}"
-    monkeypatch.setenv(env, dsn)
-    return SourceConfig(name=name, dsn_env=env, target=str(tmp_path / "target"), restore_url_env=None, **kw)
+def configure(tmp_path, monkeypatch, databases: dict[str, str], **settings) -> list[SourceConfig]:
+    """Write PG_BACKUP_CONFIG for these sources (DSNs in env variables, as in production); test restores go to
+    scratch databases on the session's server instead of an ephemeral server per check."""
+    server = next(iter(databases.values())).rsplit("/", 1)[0]
+    monkeypatch.setenv("PGBD_TEST_MULTI_RESTORE", f"{server}/postgres")
+    entries = []
+    for name, dsn in databases.items():
+        env = f"PGBD_TEST_MULTI_{name.upper()}"
+        monkeypatch.setenv(env, dsn)
+        entries.append({"name": name, "dsn_env": env, "target": str(tmp_path / "target"),
+                        "restore_url_env": "PGBD_TEST_MULTI_RESTORE",
+                        **settings})
+    (tmp_path / "sources.yaml").write_text(yaml.safe_dump({"sources": entries}))
+    return load_sources()
+
+
+def cli_backup(source: str, backup_id: str | None = None) -> subprocess.Popen:
+    """`pg-backup-dagster backup` in its own process: what an operator or cron job runs."""
+    argv = [sys.executable, "-m", "pg_backup_dagster.cli", "backup", "--source", source]
+    argv += ["--backup-id", backup_id] if backup_id else []
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def finish(process: subprocess.Popen) -> str:
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output
+    return output
 
 
 def test_instance_config_written_for_postgres_without_the_url(pg_instance, tmp_path, pg18):
@@ -50,36 +84,44 @@ def test_instance_config_written_for_postgres_without_the_url(pg_instance, tmp_p
     assert pg_instance.get_concurrency_config().pool_config.default_pool_limit == 1
 
 
+def test_bare_postgresql_url_is_refused_with_the_fix(tmp_path):
+    with pytest.raises(BackupError, match=r"postgresql\+psycopg2://"):
+        ensure_instance_config(tmp_path, {PG_URL_ENV: "postgresql://u:secret@h/db"})
+    assert not (tmp_path / "dagster.yaml").exists()
+
+
 def test_two_sources_back_up_side_by_side_on_a_postgres_instance(pg_instance, pg18, tmp_path, monkeypatch):
-    sources = [source(n, create_database(pg18, n, SQL), tmp_path, monkeypatch) for n in ("alpha", "beta")]
+    sources = configure(tmp_path, monkeypatch, {n: create_database(pg18, n, SQL) for n in ("alpha", "beta")})
     assert set_pool_limits(pg_instance, sources) == {"pg_backup_alpha": 1, "pg_backup_beta": 1}
-    with ThreadPoolExecutor(2) as pool:
-        outcomes = list(pool.map(lambda s: run_backup(s, sources, pg_instance), sources))
-    for s, outcome in zip(sources, outcomes, strict=True):
-        assert outcome.success, outcome.errors
-        assert pg_instance.get_dynamic_partitions(s.partitions_name) == [outcome.backup_id]
-        assert open_storage(s.target).list_backups(s.name) == [outcome.backup_id]
-    with psycopg.connect(pg_instance.run_storage.postgres_url.replace("+psycopg2", "")) as conn:
-        stored = {row[0]: row[1] for row in conn.execute("SELECT run_id, status FROM runs")}
-    assert {o.run_id: "SUCCESS" for o in outcomes}.items() <= stored.items()
+    for output in [finish(p) for p in [cli_backup("alpha"), cli_backup("beta")]]:
+        assert ": OK (Dagster run" in output
+    runs = pg_instance.get_runs()
+    assert sorted(r.job_name for r in runs) == ["backup_alpha", "backup_beta"]
+    assert all(r.status.value == "SUCCESS" for r in runs)
+    for s in sources:
+        [backup_id] = pg_instance.get_dynamic_partitions(s.partitions_name)
+        assert open_storage(s.target).list_backups(s.name) == [backup_id]
+    with psycopg.connect(os.environ[PG_URL_ENV].replace("+psycopg2", "")) as conn:
+        stored = {row[0] for row in conn.execute("SELECT run_id FROM runs")}
+    assert {r.run_id for r in runs} <= stored
 
 
 BACKUP_IDS = ("2001-01-01T00-00-01Z", "2001-01-01T00-00-02Z")
 
 
 class ConnectionSampler:
-    """Counts the backup's connections in pg_stat_activity, as often as it can, until stopped."""
+    """Counts the backups' connections to the source database in pg_stat_activity, as often as it can."""
 
-    def __init__(self, admin_dsn: str) -> None:
-        self.admin_dsn, self.samples, self._stop = admin_dsn, [], threading.Event()
+    def __init__(self, admin_dsn: str, dbname: str) -> None:
+        self.admin_dsn, self.dbname, self.samples, self._stop = admin_dsn, dbname, [], threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def count(self, conn: psycopg.Connection, blocked_only: bool = False) -> int:
-        query = ("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pg_backup_dagster/%%' "
+        query = ("SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
                  "AND (application_name LIKE %s OR application_name LIKE %s)")
         if blocked_only:
             query += " AND wait_event_type = 'Lock'"
-        return conn.execute(query, [f"pg_backup_dagster/{b}%" for b in BACKUP_IDS]).fetchone()[0]
+        return conn.execute(query, [self.dbname, *(f"pg_backup_dagster/{b}%" for b in BACKUP_IDS)]).fetchone()[0]
 
     def _run(self) -> None:
         with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
@@ -105,30 +147,33 @@ def wait_for(condition, what: str, timeout: float = 90) -> None:
 
 @pytest.mark.parametrize("pooled", [True, False], ids=["pool_limit", "no_pool_limit"])
 def test_overlapping_runs_stay_within_the_connection_budget(pooled, pg_instance, pg18, tmp_path, monkeypatch):
-    """Two runs of one source start while the source's table is locked, so their dumps stall on it and stay
-    visible in pg_stat_activity. With the pool, the second run waits for the slot and the connections never
-    exceed max_connections; without it (the counter-check), both runs' dumps pile up and exceed it."""
+    """Two runs of one source start while a table is locked, so their dumps stall on it and stay visible in
+    pg_stat_activity. With the pool, the second run waits for the slot and the connections never exceed
+    max_connections; without it (the counter-check), both runs' dumps pile up and exceed it."""
     dsn = create_database(pg18, "budget", SQL)
-    src = source("budget", dsn, tmp_path, monkeypatch, max_connections=2)
+    [src] = configure(tmp_path, monkeypatch, {"budget": dsn}, max_connections=2)
     limit = pool_limit(src) if pooled else 10
     pg_instance.event_log_storage.set_concurrency_slots(src.pool, limit)
     budget = src.max_connections
     with psycopg.connect(dsn) as locker, psycopg.connect(pg18.dsn(), autocommit=True) as admin:
         locker.execute("LOCK TABLE app.items IN ACCESS EXCLUSIVE MODE")  # held until locker commits
-        with ConnectionSampler(pg18.dsn()) as sampler, ThreadPoolExecutor(2) as runs:
-            futures = [runs.submit(run_backup, src, [src], pg_instance, b) for b in BACKUP_IDS]
+        with ConnectionSampler(pg18.dsn(), dsn.rsplit("/", 1)[1]) as sampler:
+            processes = [cli_backup("budget", b) for b in BACKUP_IDS]
             if pooled:
                 wait_for(lambda: sampler.count(admin, blocked_only=True) >= 1, "the first run's dump to stall")
                 wait_for(lambda: pg_instance.event_log_storage.get_concurrency_info(src.pool).pending_step_count >= 1,
                          "the second run to wait for the pool slot")
                 assert sampler.count(admin) <= budget
-            else:
+            else:  # proven once both stall; stop them (and their pg_dumps) rather than wait for two backups
                 wait_for(lambda: sampler.count(admin, blocked_only=True) > budget, "both runs' dumps to stall")
+                for process in processes:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
             locker.commit()
-            outcomes = [f.result(timeout=300) for f in futures]
-    assert all(o.success for o in outcomes), [o.errors for o in outcomes]
-    assert max(sampler.samples) >= 2, "the sampler must have seen the stalled dump"
+            if pooled:
+                for process in processes:
+                    finish(process)
     if pooled:
-        assert max(sampler.samples) <= budget
+        assert 2 <= max(sampler.samples) <= budget, "the sampler must have seen the stalled dump"
     else:
         assert max(sampler.samples) > budget

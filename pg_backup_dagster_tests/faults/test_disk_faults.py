@@ -16,7 +16,9 @@ from pg_backup_dagster_tests.faults.helpers import (
     tmpfs,
 )
 
-SMALL_SQL = "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 50) g;"
+SMALL_SQL = (
+    "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 50) g;"
+)
 # ~3 MiB of random bytes: its dump cannot fit on a 2 MiB filesystem.
 BIG_SQL = """
 CREATE TABLE big (id int PRIMARY KEY, body bytea NOT NULL);

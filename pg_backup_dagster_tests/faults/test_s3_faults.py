@@ -43,7 +43,9 @@ INSERT INTO blob.chunks
 SELECT g, decode(string_agg(md5(g || '/' || x), '' ORDER BY x), 'hex')
 FROM generate_series(1, 1500) g, generate_series(1, 256) x GROUP BY g;
 """
-SMALL_SQL = "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 50) g;"
+SMALL_SQL = (
+    "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 50) g;"
+)
 
 
 @dataclass
@@ -83,11 +85,19 @@ def s3world(moto_endpoint, pg18, tmp_path_factory) -> Iterator[S3World]:
         dsn = create_database(pg18, "s3faults", BULK_SQL)
         source = make_source("s3bulk", dsn, f"s3://{bucket}/faults", pg18.dsn(), part_size=5 * MiB)
         with dg.instance_for_test() as instance:
-            world = S3World(source, open_storage(source.target), proxy, instance,
-                            create_database(pg18, "s3small", SMALL_SQL), pg18.dsn())
+            world = S3World(
+                source,
+                open_storage(source.target),
+                proxy,
+                instance,
+                create_database(pg18, "s3small", SMALL_SQL),
+                pg18.dsn(),
+            )
             good = backup(source, instance)
             assert good.success, good.errors
-            full = next(e for e in world.storage.read_manifest("s3bulk", good.backup_id)["files"] if e["tier"] == "full")
+            full = next(
+                e for e in world.storage.read_manifest("s3bulk", good.backup_id)["files"] if e["tier"] == "full"
+            )
             assert full["size"] > 5 * MiB, "the full dump must need a multipart upload"
             world.published.append(good.backup_id)
             yield world

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import dagster as dg
 import pytest
 
 from pg_backup_dagster.storage import BackupStorage, open_storage
@@ -41,8 +42,14 @@ class Cli:
     published: list[str]
 
     def start(self, *args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen([sys.executable, "-m", "pg_backup_dagster.cli", *args], env=self.env, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "pg_backup_dagster.cli", *args],
+            env=self.env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
 
     def backup(self, backup_id: str) -> subprocess.CompletedProcess[str]:
         proc = self.start("backup", "--backup-id", backup_id)
@@ -56,8 +63,13 @@ def cli(pg18, tmp_path_factory) -> Iterator[Cli]:
     home = tmp_path_factory.mktemp("worker")
     dsn = create_database(pg18, "worker", SQL)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    env.update(PG_BACKUP_DATABASE_URL=dsn, PG_BACKUP_TARGET=str(home / "target"), PG_BACKUP_SOURCE=SOURCE,
-               PG_BACKUP_RESTORE_URL=pg18.dsn(), DAGSTER_HOME=str(home / "dagster_home"))
+    env.update(
+        PG_BACKUP_DATABASE_URL=dsn,
+        PG_BACKUP_TARGET=str(home / "target"),
+        PG_BACKUP_SOURCE=SOURCE,
+        PG_BACKUP_RESTORE_URL=pg18.dsn(),
+        DAGSTER_HOME=str(home / "dagster_home"),
+    )
     cli = Cli(env, dsn, open_storage(str(home / "target")), [])
     good_id = next_backup_id()
     result = cli.backup(good_id)
@@ -85,6 +97,9 @@ def test_worker_killed_mid_dump(cli, pg18):
     cli.published.append(nxt_id)
     assert_only_published(cli.storage, SOURCE, cli.published)
     assert_gc_cleans(cli.storage, SOURCE, cli.published)
+    with dg.DagsterInstance.from_config(cli.env["DAGSTER_HOME"]) as instance:
+        stuck = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+        assert not stuck, "the killed run must be marked failed (and its pool slot freed), not left STARTED"
 
 
 def test_two_runs_of_one_source_at_once_with_the_same_id(cli):
