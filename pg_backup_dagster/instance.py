@@ -37,6 +37,11 @@ concurrency:
     default_limit: 1
     granularity: op
 
+# The daemon frees pool slots a finished run still holds (its process was killed mid-step).
+run_monitoring:
+  enabled: true
+  free_slots_after_run_end_seconds: 60
+
 telemetry:
   enabled: false
 """

@@ -38,17 +38,29 @@ class Published:
         return (
             f"**Backup {m['backup_id']}** of `{m['source']}` → {self.location}\n\n"
             f"{len(m['files'])} files, {len(m['tables'])} tables, PostgreSQL {m['server_major']}, "
-            f"pg_dump {m['pg_dump_version']}\n\n| tier | size |\n|---|---|\n{rows}\n\n{checks}\n"
+            f"pg_dump {m['pg_dump_version']}, {self.duration_s():.0f} s from start to publish\n\n"
+            f"| tier | size |\n|---|---|\n{rows}\n\n{checks}\n"
         )
 
+    def duration_s(self) -> float:
+        """Backup start (its id) to manifest written: the whole run as the operator waited for it."""
+        started = datetime.fromisoformat(self.manifest["started_at"])
+        return max(0.0, (datetime.fromisoformat(self.manifest["finished_at"]) - started).total_seconds())
+
     def metadata(self) -> dict[str, Any]:
+        total = sum(self.totals_by_tier().values())
+        seconds = self.duration_s()
         return {
             "location": dg.MetadataValue.url(self.location) if "://" in self.location
             else dg.MetadataValue.path(self.location),
             "files": len(self.manifest["files"]),
+            "schemas": len({e["schema"] for e in self.manifest["files"] if e["tier"] == "schema"}),
             "tables": len(self.manifest["tables"]),
-            "total_bytes": sum(self.totals_by_tier().values()),
+            "total_bytes": total,
             **{f"bytes_{tier}": size for tier, size in self.totals_by_tier().items()},
+            "duration_s": round(seconds, 1),
+            "throughput_mib_s": round(total / (1 << 20) / seconds, 2) if seconds > 0 else 0.0,
+            **{f"check_{name}_s": c["seconds"] for name, c in self.manifest["checks"].items() if "seconds" in c},
             "summary": dg.MetadataValue.md(self.summary_markdown()),
         }
 

@@ -31,15 +31,19 @@ def build_schedule(source: SourceConfig) -> dg.ScheduleDefinition:
     """The tick adds partition `{backup_id}` and requests `backup_{source}` for it."""
 
     @dg.schedule(
-        name=schedule_name(source), cron_schedule=source.schedule, execution_timezone=source.timezone,
-        job_name=backup_job_name(source), default_status=dg.DefaultScheduleStatus.RUNNING,
+        name=schedule_name(source),
+        cron_schedule=source.schedule,
+        execution_timezone=source.timezone,
+        job_name=backup_job_name(source),
+        default_status=dg.DefaultScheduleStatus.RUNNING,
         description=f"Back up '{source.name}' on '{source.schedule}' ({source.timezone}).",
     )
     def _schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
         backup_id = new_backup_id(context.scheduled_execution_time)
         context.instance.add_dynamic_partitions(source.partitions_name, [backup_id])
         return dg.RunRequest(
-            partition_key=backup_id, run_key=backup_id,
+            partition_key=backup_id,
+            run_key=backup_id,
             tags={"pg_backup/source": source.name, "pg_backup/trigger": "schedule"},
         )
 

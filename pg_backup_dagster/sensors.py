@@ -35,16 +35,23 @@ def build_now_sensor(source: SourceConfig) -> dg.SensorDefinition:
     partitions = backups_partitions_def(source)
 
     @dg.sensor(
-        name=now_sensor_name(source), job_name=backup_job_name(source),
-        default_status=dg.DefaultSensorStatus.STOPPED, minimum_interval_seconds=24 * 3600,
+        name=now_sensor_name(source),
+        job_name=backup_job_name(source),
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        minimum_interval_seconds=24 * 3600,
         description=f"Backup now: open, 'Preview tick result', 'Apply requests' backs up '{source.name}' once. "
         "Keep it stopped.",
     )
     def _now(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         backup_id = new_backup_id()
         return dg.SensorResult(
-            run_requests=[dg.RunRequest(partition_key=backup_id, run_key=backup_id,
-                                        tags={SOURCE_TAG: source.name, "pg_backup/trigger": "now"})],
+            run_requests=[
+                dg.RunRequest(
+                    partition_key=backup_id,
+                    run_key=backup_id,
+                    tags={SOURCE_TAG: source.name, "pg_backup/trigger": "now"},
+                )
+            ],
             dynamic_partitions_requests=[partitions.build_add_request([backup_id])],
         )
 
@@ -76,7 +83,8 @@ def post_json(url: str, payload: dict[str, Any], timeout: float = 10.0) -> int:
 
 
 @dg.run_failure_sensor(
-    name=FAILURE_SENSOR, default_status=dg.DefaultSensorStatus.RUNNING,
+    name=FAILURE_SENSOR,
+    default_status=dg.DefaultSensorStatus.RUNNING,
     description=f"POSTs a JSON alert to ${WEBHOOK_ENV} when a backup run fails (skips when unset).",
 )
 def backup_failure_webhook(context: dg.RunFailureSensorContext) -> dg.SkipReason | None:

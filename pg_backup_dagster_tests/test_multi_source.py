@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -15,7 +16,7 @@ import yaml
 
 from pg_backup_dagster.config import SourceConfig, load_sources
 from pg_backup_dagster.errors import BackupError
-from pg_backup_dagster.instance import PG_URL_ENV, ensure_instance_config, pool_limit, set_pool_limits
+from pg_backup_dagster.instance import BASE_CONFIG, PG_URL_ENV, ensure_instance_config, pool_limit, set_pool_limits
 from pg_backup_dagster.runner import open_instance
 from pg_backup_dagster.storage import open_storage
 from pg_backup_dagster_tests.conftest import create_database
@@ -57,9 +58,15 @@ def configure(tmp_path, monkeypatch, databases: dict[str, str], **settings) -> l
     for name, dsn in databases.items():
         env = f"PGBD_TEST_MULTI_{name.upper()}"
         monkeypatch.setenv(env, dsn)
-        entries.append({"name": name, "dsn_env": env, "target": str(tmp_path / "target"),
-                        "restore_url_env": "PGBD_TEST_MULTI_RESTORE",
-                        **settings})
+        entries.append(
+            {
+                "name": name,
+                "dsn_env": env,
+                "target": str(tmp_path / "target"),
+                "restore_url_env": "PGBD_TEST_MULTI_RESTORE",
+                **settings,
+            }
+        )
     (tmp_path / "sources.yaml").write_text(yaml.safe_dump({"sources": entries}))
     return load_sources()
 
@@ -82,6 +89,8 @@ def test_instance_config_written_for_postgres_without_the_url(pg_instance, tmp_p
     assert "postgres_url:\n      env: DAGSTER_PG_URL" in text and pg18.password not in text
     assert type(pg_instance.run_storage).__name__ == "PostgresRunStorage"
     assert pg_instance.get_concurrency_config().pool_config.default_pool_limit == 1
+    repo_yaml = Path(__file__).resolve().parents[1] / "dagster.yaml"
+    assert repo_yaml.read_text() == BASE_CONFIG, "the repository's dagster.yaml is the template without storage"
 
 
 def test_bare_postgresql_url_is_refused_with_the_fix(tmp_path):
@@ -117,8 +126,10 @@ class ConnectionSampler:
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def count(self, conn: psycopg.Connection, blocked_only: bool = False) -> int:
-        query = ("SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
-                 "AND (application_name LIKE %s OR application_name LIKE %s)")
+        query = (
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
+            "AND (application_name LIKE %s OR application_name LIKE %s)"
+        )
         if blocked_only:
             query += " AND wait_event_type = 'Lock'"
         return conn.execute(query, [self.dbname, *(f"pg_backup_dagster/{b}%" for b in BACKUP_IDS)]).fetchone()[0]
@@ -161,8 +172,10 @@ def test_overlapping_runs_stay_within_the_connection_budget(pooled, pg_instance,
             processes = [cli_backup("budget", b) for b in BACKUP_IDS]
             if pooled:
                 wait_for(lambda: sampler.count(admin, blocked_only=True) >= 1, "the first run's dump to stall")
-                wait_for(lambda: pg_instance.event_log_storage.get_concurrency_info(src.pool).pending_step_count >= 1,
-                         "the second run to wait for the pool slot")
+                wait_for(
+                    lambda: pg_instance.event_log_storage.get_concurrency_info(src.pool).pending_step_count >= 1,
+                    "the second run to wait for the pool slot",
+                )
                 assert sampler.count(admin) <= budget
             else:  # proven once both stall; stop them (and their pg_dumps) rather than wait for two backups
                 wait_for(lambda: sampler.count(admin, blocked_only=True) > budget, "both runs' dumps to stall")
@@ -177,3 +190,65 @@ def test_overlapping_runs_stay_within_the_connection_budget(pooled, pg_instance,
         assert 2 <= max(sampler.samples) <= budget, "the sampler must have seen the stalled dump"
     else:
         assert max(sampler.samples) > budget
+
+
+def test_definitions_validate_with_several_sources(tmp_path):
+    """`dagster definitions validate` (as CI runs it) on a config with three sources, two of them scheduled."""
+    config = {
+        "sources": [
+            {
+                "name": "orders",
+                "dsn_env": "ORDERS_URL",
+                "target": str(tmp_path / "a"),
+                "schedule": "15 1 * * *",
+                "timezone": "Europe/Berlin",
+                "max_connections": 6,
+            },
+            {
+                "name": "crm",
+                "dsn_env": "CRM_URL",
+                "target": "s3://bucket/backups",
+                "schedule": "0 */6 * * *",
+                "profile": "supabase",
+            },
+            {"name": "adhoc", "dsn_env": "ADHOC_URL", "target": str(tmp_path / "c"), "freshness_hours": 48},
+        ]
+    }
+    (tmp_path / "sources.yaml").write_text(yaml.safe_dump(config))
+    repo_root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PG_BACKUP_CONFIG": str(tmp_path / "sources.yaml"), "DAGSTER_HOME": str(tmp_path / "home")}
+    (tmp_path / "home").mkdir()
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "dagster"),
+            "definitions",
+            "validate",
+            "-w",
+            str(repo_root / "workspace.yaml"),
+        ],
+        cwd=repo_root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Validation successful" in result.stdout + result.stderr
+
+
+def test_pools_command_sets_each_source_pool_on_the_instance(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from pg_backup_dagster.cli import app
+
+    monkeypatch.setenv("PG_BACKUP_CONFIG", str(tmp_path / "sources.yaml"))
+    configure(tmp_path, monkeypatch, {"alpha": "postgresql://u@127.0.0.1/a", "beta": "postgresql://u@127.0.0.1/b"})
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv(PG_URL_ENV, raising=False)
+    result = CliRunner().invoke(app, ["pools"])
+    assert result.exit_code == 0, result.output
+    assert "pool pg_backup_alpha: 1 step at a time" in result.output
+    with open_instance(tmp_path / "home") as instance:
+        for pool in ("pg_backup_alpha", "pg_backup_beta"):
+            info = instance.event_log_storage.get_concurrency_info(pool)
+            assert info.slot_count == 1 and not info.using_default_limit

@@ -47,9 +47,11 @@ def test_only_scheduled_sources_get_a_schedule_and_every_source_a_backup_now_sen
 def test_backup_now_sensor_requests_a_new_partition_and_its_run():
     defs = build_definitions([MANUAL])
     sensor = defs.get_repository_def().get_sensor_def("backup_manual_now")
-    with dg.instance_for_test() as instance:
-        with dg.build_sensor_context(instance=instance, repository_def=defs.get_repository_def()) as context:
-            result = sensor(context)  # the raw result: evaluate_tick would resolve a partition not yet added
+    with (
+        dg.instance_for_test() as instance,
+        dg.build_sensor_context(instance=instance, repository_def=defs.get_repository_def()) as context,
+    ):
+        result = sensor(context)  # the raw result: evaluate_tick would resolve a partition not yet added
     [request] = result.run_requests
     [add] = result.dynamic_partitions_requests
     assert add.partitions_def_name == "manual_backups"
@@ -76,7 +78,8 @@ def test_freshness_policy_sits_on_the_manifest_only():
     graph = defs.resolve_asset_graph()
     policy = graph.get(dg.AssetKey(["explicit", "backup_manifest"])).freshness_policy
     assert policy.fail_window.to_timedelta() == timedelta(hours=12)
-    assert graph.get(dg.AssetKey(["daily", "backup_manifest"])).freshness_policy.fail_window.to_timedelta() == \
-        timedelta(hours=30)
+    assert graph.get(
+        dg.AssetKey(["daily", "backup_manifest"])
+    ).freshness_policy.fail_window.to_timedelta() == timedelta(hours=30)
     assert graph.get(dg.AssetKey(["manual", "backup_manifest"])).freshness_policy is None
     assert graph.get(dg.AssetKey(["daily", "full_dump"])).freshness_policy is None

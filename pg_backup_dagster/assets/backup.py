@@ -25,13 +25,17 @@ def asset_key(source: SourceConfig, name: str) -> dg.AssetKey:
 
 
 def build_backup_assets(source: SourceConfig, partitions: dg.DynamicPartitionsDefinition) -> list:
-    """All asset definitions of one source, sharing its partitions, pool and resources."""
+    """All asset definitions of one source, sharing its partitions and resources.
+
+    Only the steps that connect to the source (roles, dumps) take a slot of the source's pool: the per-table
+    split, the checks and the manifest work on files and scratch servers, so they need not wait for it.
+    """
     resources = {postgres_key(source), target_key(source)}
-    common = {"partitions_def": partitions, "pool": source.pool, "group_name": source.name,
-              "required_resource_keys": resources}
+    common = {"partitions_def": partitions, "group_name": source.name, "required_resource_keys": resources}
+    on_source = {**common, "pool": source.pool}
 
     @dg.asset(key=asset_key(source, ROLES), kinds={"postgres", "sql"},
-              description="Cluster roles (pg_dumpall --roles-only, no password hashes).", **common)
+              description="Cluster roles (pg_dumpall --roles-only, no password hashes).", **on_source)
     def roles_sql(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         step = step_context(context, source)
         step.pg.server_major(app_name(step.backup_id, "roles"))
@@ -47,7 +51,7 @@ def build_backup_assets(source: SourceConfig, partitions: dg.DynamicPartitionsDe
             dg.AssetSpec(asset_key(source, SCHEMAS), kinds={"postgres"},
                          description="One custom-format archive per user schema, from the same snapshot."),
         ],
-        **common,
+        **on_source,
     )
     def dumps(context: dg.AssetExecutionContext):
         step = step_context(context, source)

@@ -36,7 +36,7 @@ def stub_roles(source: SourceConfig) -> tuple[str, ...]:
 def build_backup_checks(source: SourceConfig) -> list[dg.AssetChecksDefinition]:
     """Checks for the four tiers of one source."""
     resources = {postgres_key(source), target_key(source)}
-    common = {"blocking": True, "required_resource_keys": resources, "pool": source.pool}
+    common = {"blocking": True, "required_resource_keys": resources}  # no pool: checks never touch the source
 
     @dg.asset_check(asset=asset_key(source, FULL), name="full_dump_restores",
                     description="pg_restore -j into a throwaway database; exact row counts equal dump time.", **common)

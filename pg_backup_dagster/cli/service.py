@@ -19,5 +19,7 @@ def pools() -> None:
     with open_instance() as instance:
         limits = set_pool_limits(instance, sources)
     for source in sources:
-        typer.echo(f"pool {source.pool}: {limits[source.pool]} step at a time "
-                   f"(each step may hold up to {source.max_connections} connections)")
+        typer.echo(
+            f"pool {source.pool}: {limits[source.pool]} step at a time "
+            f"(each step may hold up to {source.max_connections} connections)"
+        )

@@ -87,7 +87,7 @@ class PostgresResource(dg.ConfigurableResource):
         return Retrying(
             retry=retry_if_exception(is_transient_error),
             stop=stop_after_attempt(self.retry_attempts),
-            wait=wait_exponential_jitter(initial=0.5, max=self.retry_max_wait),
+            wait=wait_exponential_jitter(multiplier=0.5, max=self.retry_max_wait),
             reraise=True,
         )
 
