@@ -23,13 +23,14 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pg_backup_dagster.config import SourceConfig
+from pg_backup_dagster.conninfo import child_env
 from pg_backup_dagster.errors import BackupError, one_line, redact, register_secret
 from pg_backup_dagster.pgtools import PgTools, find_tools
 from pg_backup_dagster.storage import BackupStorage, open_storage
 from pg_backup_dagster.tiers.sql_compat import compatible_bytes, copy_compatible
 from pg_backup_dagster.tiers.table_restore import restore_tables, server_major_of
 from pg_backup_dagster.tiers.table_split import TableDump
-from pg_backup_dagster.verification import restore_passes, split_password
+from pg_backup_dagster.verification import restore_passes
 
 TARGET_ENV = "PG_BACKUP_RESTORE_TO"
 WORK_DIR_ENV = "PG_BACKUP_WORK_DIR"
@@ -241,11 +242,6 @@ def existing_tables(dsn: str, tables: list[tuple[str, str]]) -> set[tuple[str, s
 # --- the tiers ------------------------------------------------------------------------------------
 
 
-def _child_env(dsn: str) -> tuple[str, dict[str, str]]:
-    safe, pw_env = split_password(dsn)
-    return safe, {**os.environ, **pw_env}
-
-
 # pg_restore --clean drops a partition's inherited primary key before its parent's, which PostgreSQL refuses;
 # dropping the parent's key right after removes it anyway, so this one error of the drop phase is harmless.
 _HARMLESS_CLEAN_ERRORS = ("cannot drop inherited constraint",)
@@ -263,7 +259,7 @@ def pg_restore(tools: PgTools, archive: Path, dsn: str, *, jobs: int, clean: boo
     if server_major < tools.major:
         returncode, stderr = _pg_restore_through_psql(tools, archive, dsn, options, clean, server_major)
     else:
-        safe, env = _child_env(dsn)
+        safe, env = child_env(dsn)
         argv = [tools.path("pg_restore"), *options, *([] if clean else ["--exit-on-error"]), "--dbname", safe]
         returncode, stderr = 0, ""
         # --clean keeps one pass, so its drops stay in dependency order
@@ -287,7 +283,7 @@ def _pg_restore_through_psql(
     tools: PgTools, archive: Path, dsn: str, options: list[str], clean: bool, server_major: int
 ) -> tuple[int, str]:
     """pg_restore -f - | copy_compatible | psql: (exit code, both programs' stderr). Data is never buffered."""
-    safe, env = _child_env(dsn)
+    safe, env = child_env(dsn)
     single = [] if clean else ["--single-transaction"]
     stop = [] if clean else ["-v", "ON_ERROR_STOP=1"]
     with tempfile.TemporaryFile() as dump_err, tempfile.TemporaryFile() as load_err:
@@ -320,7 +316,7 @@ def _pg_restore_through_psql(
 
 def restore_roles_file(tools: PgTools, roles_file: Path, dsn: str, server_major: int) -> list[str]:
     """Load roles.sql with psql; 'already exists' errors are tolerated and returned, any other error fails."""
-    safe, env = _child_env(dsn)
+    safe, env = child_env(dsn)
     with roles_file.open("rb") as handle:
         script = b"".join(compatible_bytes(handle, server_major))
     result = subprocess.run(

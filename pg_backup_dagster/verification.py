@@ -16,6 +16,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from pg_backup_dagster.conninfo import child_env
 from pg_backup_dagster.errors import BackupError, one_line, redact, register_secret
 from pg_backup_dagster.local_server import ephemeral_server
 from pg_backup_dagster.pgtools import PgTools
@@ -40,14 +41,6 @@ class RestoreReport:
     @property
     def passed(self) -> bool:
         return not self.errors and not self.differing
-
-
-def split_password(dsn: str) -> tuple[str, dict[str, str]]:
-    """(DSN without password, env carrying it) so a pg tool's argv never shows the secret."""
-    params = conninfo_to_dict(dsn)
-    password = params.pop("password", None)
-    register_secret(password)
-    return make_conninfo(**params), ({"PGPASSWORD": str(password)} if password else {})
 
 
 def create_stub_roles(conn: psycopg.Connection, roles: Sequence[str]) -> None:
@@ -112,12 +105,12 @@ def pg_restore_into(
     tools: PgTools, archive: Path, dsn: str, jobs: int, accepted: list[str], extra: list[str] | None = None
 ) -> tuple[list[str], list[str]]:
     """pg_restore -j into dsn; returns (unaccepted errors, accepted errors). Accepted patterns are explicit."""
-    safe_dsn, env = split_password(dsn)
+    safe_dsn, env = child_env(dsn)
     argv = [tools.path("pg_restore"), "--no-owner", "--no-privileges", *(extra or []), "--dbname", safe_dsn]
     errors: list[str] = []
     with restore_passes(tools, archive, jobs) as passes:
         for chosen in passes:
-            result = subprocess.run([*argv, *chosen, str(archive)], env={**_base_env(), **env}, capture_output=True,
+            result = subprocess.run([*argv, *chosen, str(archive)], env=env, capture_output=True,
                                     text=True, check=False)
             errors += [redact(e) for e in _PG_RESTORE_ERROR.findall(result.stderr)]
             if result.returncode != 0 and not errors:
@@ -125,12 +118,6 @@ def pg_restore_into(
     patterns = [re.compile(p) for p in accepted]
     accepted_hits = [e for e in errors if any(p.search(e) for p in patterns)]
     return [e for e in errors if e not in accepted_hits], accepted_hits
-
-
-def _base_env() -> dict[str, str]:
-    import os
-
-    return {k: v for k, v in os.environ.items() if not k.startswith("PG")}
 
 
 def restored_counts(dsn: str, expected: list[dict]) -> list[dict]:

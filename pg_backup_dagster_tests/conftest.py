@@ -71,8 +71,8 @@ def load_sql_file(dsn: str, path: Path) -> None:
     """Load a SQL file with psql (it may hold psql meta-commands), stopping at the first error."""
     import subprocess
 
+    from pg_backup_dagster.conninfo import split_password
     from pg_backup_dagster.pgtools import find_tools
-    from pg_backup_dagster.verification import split_password
 
     safe, env = split_password(dsn)
     subprocess.run([find_tools().path("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", safe, "-f", str(path)],

@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from pg_backup_dagster.cli import app
 from pg_backup_dagster.config import SourceConfig
+from pg_backup_dagster.conninfo import split_password
 from pg_backup_dagster.pgtools import find_tools
 from pg_backup_dagster.runner import run_backup
-from pg_backup_dagster.verification import split_password
 
 HOSTILE_SQL = Path(__file__).parent / "sql" / "hostile.sql"
 

@@ -10,11 +10,11 @@ import dagster as dg
 import pytest
 
 from pg_backup_dagster.config import SourceConfig
+from pg_backup_dagster.conninfo import split_password
 from pg_backup_dagster.errors import BackupError
 from pg_backup_dagster.pgtools import find_tools
 from pg_backup_dagster.runner import run_backup
 from pg_backup_dagster.storage import IDENTITY_ENV, generate_identity, open_storage
-from pg_backup_dagster.verification import split_password
 from pg_backup_dagster_tests.conftest import create_database, table_fingerprints
 
 DSN_ENV = "PGBD_TEST_ENCRYPTED_DSN"

@@ -19,7 +19,7 @@ def archive(pg18, tmp_path_factory):
     import os
     import subprocess
 
-    from pg_backup_dagster.verification import split_password
+    from pg_backup_dagster.conninfo import split_password
 
     dsn = create_database(pg18, "checkme", f"""
         CREATE TABLE items (id int PRIMARY KEY, note text);

@@ -25,10 +25,10 @@ from typer.testing import CliRunner
 
 from pg_backup_dagster.cli import app
 from pg_backup_dagster.config import SourceConfig
+from pg_backup_dagster.conninfo import split_password
 from pg_backup_dagster.pgtools import find_tools
 from pg_backup_dagster.runner import run_backup
 from pg_backup_dagster.storage import open_storage
-from pg_backup_dagster.verification import split_password
 from pg_backup_dagster_tests.conftest import SAMPLE_SQL, create_database, load_sql_file, table_fingerprints
 
 MiB = 1024 * 1024

@@ -15,17 +15,13 @@ from typing import Any
 from pg_backup_dagster.assets.context import StepContext
 from pg_backup_dagster.assets.metadata import row_counts_table
 from pg_backup_dagster.config import SourceConfig
+from pg_backup_dagster.conninfo import child_env
 from pg_backup_dagster.errors import BackupError, one_line
 from pg_backup_dagster.local_server import ephemeral_server
 from pg_backup_dagster.profiles import roles_sql_has_password_hash
 from pg_backup_dagster.tiers.table_restore import restore_tables
 from pg_backup_dagster.tiers.table_split import TableDump
-from pg_backup_dagster.verification import (
-    restore_and_compare,
-    restored_counts,
-    scratch_database,
-    split_password,
-)
+from pg_backup_dagster.verification import restore_and_compare, restored_counts, scratch_database
 
 DEFAULT_TABLE_SAMPLE_LIMIT = 1000
 
@@ -200,10 +196,10 @@ def check_roles_file(step: StepContext) -> CheckOutcome:
     if roles_sql_has_password_hash(text):
         return CheckOutcome(False, "roles.sql contains password hashes")
     with ephemeral_server() as server:
-        safe_dsn, env = split_password(server.dsn())
+        safe_dsn, env = child_env(server.dsn())
         result = subprocess.run(
             [step.pg.tools().path("psql"), "-X", "-q", "-d", safe_dsn, "-f", str(path)],
-            capture_output=True, text=True, env={**os.environ, **env}, check=False,
+            capture_output=True, text=True, env=env, check=False,
         )
     errors = [line for line in result.stderr.splitlines() if "ERROR" in line and not _ALREADY_EXISTS.search(line)]
     roles = text.count("CREATE ROLE")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import bisect
 import functools
 import io
-import os
 import re
 import secrets
 import subprocess
@@ -22,9 +21,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from pg_backup_dagster.errors import BackupError, one_line, register_secret
+from pg_backup_dagster.conninfo import child_env
+from pg_backup_dagster.errors import BackupError, one_line
 from pg_backup_dagster.tiers.sql_compat import copy_compatible
 from pg_backup_dagster.tiers.table_split import KINDS, TableDump
 
@@ -37,17 +36,6 @@ _PSQL_ERROR = re.compile(r"psql:<stdin>:(\d+):\s*(.*)")
 def quote_ident(name: str) -> str:
     """SQL identifier quoting (every name is quoted: exact case, any character)."""
     return '"' + name.replace('"', '""') + '"'
-
-
-def split_password(dsn: str, env: dict[str, str] | None) -> tuple[str, dict[str, str]]:
-    """A conninfo without the password, and an environment carrying it as PGPASSWORD (never argv)."""
-    params = conninfo_to_dict(dsn)
-    password = params.pop("password", None)
-    child_env = dict(os.environ if env is None else env)
-    if password:
-        register_secret(str(password))
-        child_env["PGPASSWORD"] = str(password)
-    return make_conninfo(**{k: str(v) for k, v in params.items()}), child_env
 
 
 @functools.lru_cache(maxsize=8)
@@ -180,11 +168,11 @@ def restore_tables(
     """
     sources = restore_plan(Path(backup_dir), tables, schema_objects, global_objects, late_objects)
     major = server_major if server_major is not None else server_major_of(dsn)
-    conninfo, child_env = split_password(dsn, env)
+    conninfo, environment = child_env(dsn, env)
     args = [psql, "-X", "-q", "-1", "-v", "ON_ERROR_STOP=1", "-d", conninfo, "-f", "-"]
     line_map = _LineMap()
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err, env=child_env)
+        proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err, env=environment)
         assert proc.stdin is not None
         try:
             _feed(proc.stdin, sources, major, psql_understands_restrict(psql), line_map)

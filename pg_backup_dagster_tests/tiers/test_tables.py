@@ -13,13 +13,14 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from pg_backup_dagster.conninfo import child_env
 from pg_backup_dagster.errors import BackupError
 from pg_backup_dagster.local_server import LocalPostgres
 from pg_backup_dagster.paths import decode_segment
 from pg_backup_dagster.pgtools import PgTools, find_tools
 from pg_backup_dagster.tiers.catalog import TableCatalog, fetch_table_catalog
 from pg_backup_dagster.tiers.sql_compat import compatible_lines
-from pg_backup_dagster.tiers.table_restore import quote_ident, restore_tables, split_password
+from pg_backup_dagster.tiers.table_restore import quote_ident, restore_tables
 from pg_backup_dagster.tiers.table_split import SplitResult, TableDump, split_archive
 from pg_backup_dagster_tests.conftest import create_database
 
@@ -33,7 +34,7 @@ def tools() -> PgTools:
 
 def dump_with_catalog(dsn: str, archive: Path, tools: PgTools) -> TableCatalog:
     """pg_dump inside an exported snapshot, and the catalog read in that same snapshot (as the asset does)."""
-    conninfo, env = split_password(dsn, None)
+    conninfo, env = child_env(dsn)
     with psycopg.connect(dsn) as conn:
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
@@ -261,5 +262,5 @@ def test_pg18_dump_of_pg15_database_restores_into_pg15(pg15: LocalPostgres, tool
 
 
 def test_password_stays_out_of_argv() -> None:
-    conninfo, env = split_password("postgresql://u:s3cret-pw@127.0.0.1:5/db", {"PATH": os.environ["PATH"]})
+    conninfo, env = child_env("postgresql://u:s3cret-pw@127.0.0.1:5/db", {"PATH": os.environ["PATH"]})
     assert "s3cret" not in conninfo and env["PGPASSWORD"] == "s3cret-pw"
