@@ -151,7 +151,7 @@ def draw_plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    fig, ax = plt.subplots(figsize=(10, 5), dpi=110)
     for label, key in PLOT_SERIES:
         points = sorted(
             (results["datasets"][name]["tables"], meas[key]["seconds"])
@@ -166,7 +166,7 @@ def draw_plot(results: dict, path: Path) -> None:
     ax.set_ylabel("seconds (wall clock)")
     ax.set_title("Backup cost against number of tables (one run, same machine)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

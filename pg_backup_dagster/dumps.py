@@ -9,15 +9,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import psycopg
-from psycopg import sql
 
 from pg_backup_dagster.files import atomic_path
 from pg_backup_dagster.paths import encode_segment
 from pg_backup_dagster.profiles import filter_roles_sql, get_profile
 from pg_backup_dagster.resources.postgres import PostgresResource
+from pg_backup_dagster.row_counts import count_rows
 from pg_backup_dagster.staging import Staging
 
-COUNT_BATCH = 200  # tables counted per savepoint: bounds the locks the snapshot connection holds at once
 SYSTEM_SCHEMA_FILTER = (
     "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' "
     "AND n.nspname NOT LIKE 'pg\\_temp%'"
@@ -69,16 +68,8 @@ def exact_row_counts(conn: psycopg.Connection, excluded: frozenset[str]) -> list
         f"WHERE c.relkind = 'r' AND {SYSTEM_SCHEMA_FILTER} ORDER BY 1, 2"
     ).fetchall()
     wanted = [(schema, table) for schema, table in tables if schema not in excluded]
-    counts = []
-    for start in range(0, len(wanted), COUNT_BATCH):
-        # Each count(*) locks its table and indexes until the transaction ends; with thousands of tables that
-        # exhausts max_locks_per_transaction. Rolling back a savepoint frees them and keeps the snapshot.
-        conn.execute("SAVEPOINT row_counts")
-        for schema, table in wanted[start:start + COUNT_BATCH]:
-            query = sql.SQL("SELECT count(*) FROM ONLY {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
-            counts.append({"schema": schema, "table": table, "rows": conn.execute(query).fetchone()[0]})
-        conn.execute("ROLLBACK TO SAVEPOINT row_counts")
-    return counts
+    counts = count_rows(conn, wanted)
+    return [{"schema": s, "table": t, "rows": n} for (s, t), n in zip(wanted, counts, strict=True)]
 
 
 def exact_pattern(name: str) -> str:

@@ -20,6 +20,7 @@ from pg_backup_dagster.conninfo import child_env
 from pg_backup_dagster.errors import BackupError, one_line, redact, register_secret
 from pg_backup_dagster.local_server import ephemeral_server
 from pg_backup_dagster.pgtools import PgTools
+from pg_backup_dagster.row_counts import count_rows, existing_tables
 from pg_backup_dagster.tiers.table_split import parse_toc
 
 _PG_RESTORE_ERROR = re.compile(r"^pg_restore: error: (.*)$", re.M)
@@ -122,21 +123,12 @@ def pg_restore_into(
 
 def restored_counts(dsn: str, expected: list[dict]) -> list[dict]:
     """Exact count(*) of each expected table in the restored database (-1 when the table is missing)."""
-    rows = []
     with psycopg.connect(dsn, autocommit=True) as conn:
-        for item in expected:
-            query = sql.SQL("SELECT count(*) FROM ONLY {}.{}").format(
-                sql.Identifier(item["schema"]), sql.Identifier(item["table"])
-            )
-            try:
-                restored = conn.execute(query).fetchone()[0]
-            except psycopg.errors.UndefinedTable:
-                restored = -1
-            except psycopg.errors.InvalidSchemaName:
-                restored = -1
-            rows.append({"schema": item["schema"], "table": item["table"], "expected": item["rows"],
-                         "restored": restored})
-    return rows
+        present = existing_tables(conn)
+        found = [(i["schema"], i["table"]) for i in expected if (i["schema"], i["table"]) in present]
+        counts = dict(zip(found, count_rows(conn, found), strict=True))
+    return [{"schema": i["schema"], "table": i["table"], "expected": i["rows"],
+             "restored": counts.get((i["schema"], i["table"]), -1)} for i in expected]
 
 
 def restore_and_compare(
