@@ -121,7 +121,15 @@ def sample_tables(tables: list[dict], sample: int | None, seed: str) -> list[dic
     limit = sample if sample is not None else DEFAULT_TABLE_SAMPLE_LIMIT
     if len(tables) <= limit:
         return tables
-    return sorted(random.Random(seed).sample(tables, limit), key=lambda t: (t["schema"], t["table"]))
+    by_name = {(t["schema"], t["table"]): t for t in tables}
+    chosen = {(t["schema"], t["table"]) for t in random.Random(seed).sample(tables, limit)}
+    pending = list(chosen)
+    while pending:  # a partition or inheriting table restores only with its parents
+        for parent in by_name[pending.pop()].get("after", []):
+            if tuple(parent) not in chosen and tuple(parent) in by_name:
+                chosen.add(tuple(parent))
+                pending.append(tuple(parent))
+    return [by_name[key] for key in sorted(chosen)]
 
 
 def check_table_files(
