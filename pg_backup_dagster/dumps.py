@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -16,6 +15,7 @@ from pg_backup_dagster.profiles import filter_roles_sql, get_profile
 from pg_backup_dagster.resources.postgres import PostgresResource
 from pg_backup_dagster.row_counts import count_rows
 from pg_backup_dagster.staging import Staging
+from pg_backup_dagster.tiers.archive_filter import UnsupportedArchive, copy_archive_for_schema, read_archive
 
 SYSTEM_SCHEMA_FILTER = (
     "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' "
@@ -100,10 +100,13 @@ def clear_dump_outputs(staging: Staging) -> None:
 def dump_full_and_schemas(
     pg: PostgresResource, staging: Staging, profile_name: str, catalog_hook=None
 ) -> dict:
-    """Export one snapshot; dump the whole database and every user schema in it, in parallel under the budget.
+    """Export one snapshot; dump the whole database in it, then give every user schema its own archive.
 
-    While the dumps run, the snapshot connection counts rows and (via catalog_hook) reads the catalog,
-    so counts, catalog and all archives describe the same instant.
+    While pg_dump runs, the snapshot connection counts rows and (via catalog_hook) reads the catalog, so
+    counts, catalog and archives describe the same instant. Schema archives are cut out of the full archive
+    (its entries and already-compressed data blocks), not dumped again: one more pg_dump per schema would
+    read the whole catalog and compress all data a second time. pg_dump per schema, in the same snapshot, is
+    the fallback for archive versions the cutter does not know.
     """
     excluded = get_profile(profile_name).excluded_schemas
     clear_dump_outputs(staging)
@@ -111,29 +114,40 @@ def dump_full_and_schemas(
     with pg.exported_snapshot(app_name(bid, "snapshot")) as (conn, snapshot):
         schemas = user_schemas(conn, excluded)
         exclude_args = [f"--exclude-schema={exact_pattern(s)}" for s in sorted(excluded)]
-        workers = max(1, pg.max_connections - 1)
-        with ThreadPoolExecutor(max_workers=workers) as pool:
+        with ThreadPoolExecutor(max_workers=1) as pool:
             full = pool.submit(_pg_dump, pg, staging.full_dump, snapshot, app_name(bid, "full"), exclude_args)
-            per_schema = {
-                schema: pool.submit(
-                    _pg_dump, pg, staging.schema_dump(encode_segment(schema)), snapshot,
-                    app_name(bid, "schema"), [f"--schema={exact_pattern(schema)}", "--strict-names"],
-                )
-                for schema in schemas
-            }
             counts = exact_row_counts(conn, excluded)
             catalog = catalog_hook(conn) if catalog_hook else None
+            size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
             full_seconds = full.result()
-            schema_files = [asdict(_schema_file(staging, s, f.result())) for s, f in per_schema.items()]
+        try:
+            schema_files = cut_schema_archives(staging, schemas)
+        except UnsupportedArchive:
+            schema_files = dump_schema_archives(pg, staging, schemas, snapshot)
     full_file = DumpedFile(staging.full_dump.name, staging.full_dump.stat().st_size, full_seconds)
     return {"snapshot": snapshot, "full": asdict(full_file), "schemas": schema_files, "row_counts": counts,
-            "catalog": catalog}
+            "catalog": catalog, "database_size": size}
 
 
-def database_size(pg: PostgresResource, backup_id: str) -> int:
-    with pg.connect(app_name(backup_id, "size")) as conn:
-        return conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+def cut_schema_archives(staging: Staging, schemas: list[str]) -> list[dict]:
+    """Each schema's archive cut out of the full one: same snapshot by construction, no load on the source."""
+    archive = read_archive(staging.full_dump)
+    files = []
+    for schema in schemas:
+        started = time.monotonic()
+        with atomic_path(staging.schema_dump(encode_segment(schema))) as tmp:
+            copy_archive_for_schema(staging.full_dump, schema, tmp, archive)
+        files.append(asdict(_schema_file(staging, schema, time.monotonic() - started)))
+    return files
 
 
-def remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+def dump_schema_archives(pg: PostgresResource, staging: Staging, schemas: list[str], snapshot: str) -> list[dict]:
+    """One pg_dump per schema in the exported snapshot, in parallel under the connection budget."""
+    app = app_name(staging.backup_id, "schema")
+    with ThreadPoolExecutor(max_workers=max(1, pg.max_connections - 1)) as pool:
+        per_schema = {
+            schema: pool.submit(_pg_dump, pg, staging.schema_dump(encode_segment(schema)), snapshot, app,
+                                [f"--schema={exact_pattern(schema)}", "--strict-names"])
+            for schema in schemas
+        }
+        return [asdict(_schema_file(staging, s, f.result())) for s, f in per_schema.items()]

@@ -85,6 +85,7 @@ def build_manifest(source: str, profile: str, staging: Staging) -> dict[str, Any
         "server_major": dumps["server_major"],
         "pg_dump_version": dumps["pg_dump_version"],
         "snapshot": dumps["snapshot"],
+        "database_size": dumps.get("database_size"),
         "files": file_entries(staging),
         "tables": [
             {"schema": r["schema"], "table": r["table"], "rows": r["rows"],

@@ -53,6 +53,7 @@ class Published:
         return {
             "location": dg.MetadataValue.url(self.location) if "://" in self.location
             else dg.MetadataValue.path(self.location),
+            "database_size_bytes": self.manifest.get("database_size") or 0,
             "files": len(self.manifest["files"]),
             "schemas": len({e["schema"] for e in self.manifest["files"] if e["tier"] == "schema"}),
             "tables": len(self.manifest["tables"]),

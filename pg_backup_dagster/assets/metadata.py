@@ -38,6 +38,7 @@ def dump_metadata(result: dict) -> tuple[dict, dict]:
         "size": human_bytes(full["size"]),
         "duration_s": round(full["seconds"], 3),
         "throughput_mib_s": throughput(full["size"], full["seconds"]),
+        "database_size_bytes": result["database_size"],
         "server_major": result["server_major"],
         "pg_dump_version": result["pg_dump_version"],
         "snapshot": result["snapshot"],

@@ -1,0 +1,233 @@
+"""Per-schema custom-format archives cut out of the full archive, instead of one more pg_dump per schema.
+
+Every `pg_dump --schema` reads the whole catalog and dumps and compresses its data a second time; cutting the
+schema's entries and their already-compressed data blocks out of the full archive costs a file copy and
+describes exactly the same snapshot. The archive format (pg_backup_archiver.c, pg_backup_custom.c) is read and
+written for the versions we know; anything else makes the caller fall back to pg_dump.
+
+Layout: header; TOC (count, then per entry: ids, strings, dependency list, data offset); data blocks
+(type byte, dump id, length-prefixed chunks, a zero length). Entries are chosen by the raw schema name the
+TOC stores for every schema-qualified object (never by names printed by `pg_restore -l`).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from pg_backup_dagster.errors import BackupError
+
+MAGIC = b"PGDMP"
+KNOWN_VERSIONS = {(1, 14), (1, 15), (1, 16)}
+OFFSET_SET, OFFSET_NO_DATA = 2, 3
+DATA_BLOCKS = {1, 3}  # table data, large objects
+_FOLLOWERS = {"COMMENT", "SECURITY LABEL", "ACL"}
+_SESSION = {"ENCODING", "STDSTRINGS", "SEARCHPATH"}  # settings every archive carries
+
+
+class UnsupportedArchive(Exception):
+    """The archive is of a kind this reader does not know: use pg_dump for the schema tier instead."""
+
+
+@dataclass
+class _Reader:
+    stream: BinaryIO
+    int_size: int = 4
+    off_size: int = 8
+
+    def byte(self) -> int:
+        data = self.stream.read(1)
+        if not data:
+            raise UnsupportedArchive("archive ends early")
+        return data[0]
+
+    def raw(self, n: int) -> bytes:
+        data = self.stream.read(n)
+        if len(data) != n:
+            raise UnsupportedArchive("archive ends early")
+        return data
+
+    def int(self) -> int:
+        sign = self.byte()
+        value = int.from_bytes(self.raw(self.int_size), "little")
+        return -value if sign else value
+
+    def str(self) -> bytes | None:
+        length = self.int()
+        return None if length < 0 else self.raw(length)
+
+    def offset(self) -> tuple[int, int]:
+        state = self.byte()
+        return state, int.from_bytes(self.raw(self.off_size), "little")
+
+
+@dataclass
+class _Writer:
+    out: BinaryIO
+    int_size: int
+    off_size: int
+
+    def int(self, value: int) -> None:
+        self.out.write(bytes([1 if value < 0 else 0]) + abs(value).to_bytes(self.int_size, "little"))
+
+    def str(self, value: bytes | None) -> None:
+        if value is None:
+            self.int(-1)
+        else:
+            self.int(len(value))
+            self.out.write(value)
+
+
+@dataclass
+class TocEntry:
+    """One TOC entry as stored: its fields in order, its dependencies, and where its data block starts."""
+
+    dump_id: int
+    fields: list  # ("int", v) / ("str", v) in storage order, after dump id
+    deps: list[int]
+    offset_state: int
+    offset: int
+    desc: str = ""
+    tag: bytes | None = None
+    namespace: bytes | None = None
+
+
+@dataclass
+class Archive:
+    header: bytes
+    int_size: int
+    off_size: int
+    version: tuple[int, int]
+    entries: list[TocEntry] = field(default_factory=list)
+
+
+def read_archive(path: Path) -> Archive:
+    """Read the header and TOC of a custom-format archive."""
+    with path.open("rb") as handle:
+        if handle.read(5) != MAGIC:
+            raise UnsupportedArchive("not a custom-format archive")
+        major, minor, _rev, int_size, off_size, fmt = handle.read(6)
+        if (major, minor) not in KNOWN_VERSIONS or fmt != 1:
+            raise UnsupportedArchive(f"archive version {major}.{minor} format {fmt}")
+        reader = _Reader(handle, int_size, off_size)
+        if (major, minor) >= (1, 15):
+            reader.byte()  # compression algorithm
+        else:
+            reader.int()  # compression level
+        for _ in range(7):
+            reader.int()  # creation time
+        for _ in range(3):
+            reader.str()  # database name, server version, pg_dump version
+        header_end = handle.tell()
+        handle.seek(0)
+        archive = Archive(handle.read(header_end), int_size, off_size, (major, minor))
+        count = reader.int()
+        archive.entries = [_read_entry(reader, (major, minor)) for _ in range(count)]
+    return archive
+
+
+def _read_entry(reader: _Reader, version: tuple[int, int]) -> TocEntry:
+    dump_id = reader.int()
+    fields: list = [("int", reader.int())]  # had data dumper
+    names = ["tableoid", "oid", "tag", "desc"]
+    values = {}
+    for name in names:
+        values[name] = reader.str()
+        fields.append(("str", values[name]))
+    fields.append(("int", reader.int()))  # section
+    for name in ["defn", "drop", "copy", "namespace", "tablespace", "tableam"]:
+        values[name] = reader.str()
+        fields.append(("str", values[name]))
+    if version >= (1, 16):
+        fields.append(("int", reader.int()))  # relkind
+    fields.append(("str", reader.str()))  # owner
+    fields.append(("str", reader.str()))  # "false" (with oids)
+    deps = []
+    while (dep := reader.str()) is not None:
+        deps.append(int(dep))
+    state, offset = reader.offset()
+    return TocEntry(dump_id, fields, deps, state, offset, (values["desc"] or b"").decode(), values["tag"],
+                    values["namespace"])
+
+
+def schema_entries(archive: Archive, schema: str) -> list[TocEntry]:
+    """What `pg_dump --schema` would hold: the schema, everything in it, and comments on those."""
+    name = schema.encode()
+    chosen = {e.dump_id for e in archive.entries
+              if e.namespace == name or e.desc in _SESSION
+              or (e.desc == "SCHEMA" and e.tag == name and e.namespace in (None, b""))}
+    chosen |= {e.dump_id for e in archive.entries
+               if e.desc in _FOLLOWERS and not e.namespace and e.deps and set(e.deps) <= chosen}
+    return [e for e in archive.entries if e.dump_id in chosen]
+
+
+def _data_block_ends(archive: Archive, size: int) -> dict[int, int]:
+    """Where each data block ends: at the next block's start, the last one at the end of the file."""
+    starts = sorted(e.offset for e in archive.entries if e.offset_state == OFFSET_SET)
+    ends = dict(zip(starts, [*starts[1:], size], strict=True))
+    return {e.dump_id: ends[e.offset] for e in archive.entries if e.offset_state == OFFSET_SET}
+
+
+def write_subset(source: Path, archive: Archive, entries: list[TocEntry], dest: Path) -> None:
+    """Write an archive of `entries` (their data blocks copied byte for byte) to dest."""
+    if any(e.offset_state not in (OFFSET_SET, OFFSET_NO_DATA) for e in entries):
+        raise UnsupportedArchive("data offsets not recorded (archive was written to a pipe)")
+    left_out = {e.dump_id for e in archive.entries} - {e.dump_id for e in entries}
+    ends = _data_block_ends(archive, source.stat().st_size)
+    toc = io.BytesIO()
+    writer = _Writer(toc, archive.int_size, archive.off_size)
+    # TOC size does not depend on the offsets' values, so lay it out once to learn where data begins.
+    _write_toc(writer, entries, left_out, {e.dump_id: 0 for e in entries})
+    position = len(archive.header) + toc.tell()
+    new_offsets = {}
+    for entry in entries:
+        if entry.offset_state == OFFSET_SET:
+            new_offsets[entry.dump_id] = position
+            position += ends[entry.dump_id] - entry.offset
+    toc = io.BytesIO()
+    _write_toc(_Writer(toc, archive.int_size, archive.off_size), entries, left_out, new_offsets)
+    with source.open("rb") as src, dest.open("wb") as out:
+        out.write(archive.header)
+        out.write(toc.getvalue())
+        for entry in entries:
+            if entry.offset_state == OFFSET_SET:
+                _copy_block(src, out, entry, ends[entry.dump_id], archive.int_size)
+
+
+def _write_toc(writer: _Writer, entries: list[TocEntry], left_out: set[int], offsets: dict[int, int]) -> None:
+    """The TOC of `entries`; dependencies on entries left out are dropped, others kept as pg_dump wrote them."""
+    writer.int(len(entries))
+    for entry in entries:
+        writer.int(entry.dump_id)
+        for kind, value in entry.fields:
+            writer.int(value) if kind == "int" else writer.str(value)
+        for dep in entry.deps:
+            if dep not in left_out:
+                writer.str(str(dep).encode())
+        writer.str(None)
+        state = entry.offset_state if entry.offset_state == OFFSET_NO_DATA else OFFSET_SET
+        writer.out.write(bytes([state]) + offsets.get(entry.dump_id, 0).to_bytes(writer.off_size, "little"))
+
+
+def _copy_block(src: BinaryIO, out: BinaryIO, entry: TocEntry, end: int, int_size: int) -> None:
+    src.seek(entry.offset)
+    head = src.read(1 + 1 + int_size)
+    if head[0] not in DATA_BLOCKS or int.from_bytes(head[2:], "little") != entry.dump_id:
+        raise BackupError(f"full archive: data block of TOC entry {entry.dump_id} is not where its offset says")
+    out.write(head)
+    remaining = end - entry.offset - len(head)
+    while remaining > 0:
+        chunk = src.read(min(remaining, 1 << 20))
+        if not chunk:
+            raise BackupError(f"full archive: data block of TOC entry {entry.dump_id} is truncated")
+        out.write(chunk)
+        remaining -= len(chunk)
+
+
+def copy_archive_for_schema(full: Path, schema: str, dest: Path, archive: Archive | None = None) -> None:
+    """dest = the schema's part of the full archive, a valid custom-format archive of its own."""
+    archive = archive or read_archive(full)
+    write_subset(full, archive, schema_entries(archive, schema), dest)
+
