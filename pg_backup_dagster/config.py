@@ -19,7 +19,6 @@ from pg_backup_dagster.retention import RetentionPolicy
 
 SOURCE_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
 PROFILES = ("plain", "supabase")
-DEFAULT_TIERS = ("roles", "full", "schema", "table")
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,7 @@ def failure_payload(context: dg.RunFailureSensorContext) -> dict[str, Any]:
     run = context.dagster_run
     steps = [e.step_key for e in context.get_step_failure_events()]
     return {
-        "event": "backup_failed",
+        "event": f"{run.job_name.split('_', 1)[0]}_failed",  # backup_failed, restore_failed, retention_failed
         "source": run.tags.get(SOURCE_TAG),
         "job": run.job_name,
         "backup_id": run.tags.get("dagster/partition"),

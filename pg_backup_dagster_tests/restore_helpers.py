@@ -9,15 +9,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
+import psycopg
 from typer.testing import CliRunner
 
 from pg_backup_dagster.cli import app
 from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.conninfo import split_password
+from pg_backup_dagster.local_server import LocalPostgres
 from pg_backup_dagster.pgtools import find_tools
 from pg_backup_dagster.runner import run_backup
+from pg_backup_dagster_tests.conftest import create_database, load_sql_file
 
 HOSTILE_SQL = Path(__file__).parent / "sql" / "hostile.sql"
+
+
+def hostile_database(server: LocalPostgres, prefix: str, *statements: str) -> str:
+    """A fresh database on server with hostile.sql loaded, then statements (say, a role for the roles tier) run."""
+    dsn = create_database(server, prefix)
+    load_sql_file(dsn, HOSTILE_SQL)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for statement in statements:
+            conn.execute(statement)
+    return dsn
 
 
 @dataclass
@@ -85,3 +98,35 @@ def run_section(folder: Path, title: str, target_dsn: str, **variables: str) -> 
     safe, pw_env = split_password(target_dsn)
     env = {"PATH": f"{find_tools().bin_dir}:/usr/bin:/bin", "TARGET": safe, **pw_env, **variables}
     return subprocess.run(["bash", "-c", block], cwd=folder, env=env, capture_output=True, text=True, check=False)
+
+
+def run_every_table(folder: Path, target_dsn: str) -> subprocess.CompletedProcess:
+    """Section 4 with every table of the index, in its order, plus every objects file: the whole database."""
+    objects = ["global_objects.sql", *sorted(p.relative_to(folder).as_posix() for p in folder.glob("*/objects.sql"))]
+    return run_section(
+        folder,
+        "4. Any tables",
+        target_dsn,
+        TABLES=" ".join(index((folder / "RESTORE.md").read_text())),
+        OBJECTS=" ".join(objects),
+        LATE="global_objects_late.sql",
+    )
+
+
+def restore_full_dump(archive: Path, dsn: str) -> None:
+    """pg_restore a full-tier archive into dsn, password through the environment; fails the test if it fails."""
+    safe, env = split_password(dsn)
+    subprocess.run(
+        [
+            find_tools().path("pg_restore"),
+            "--no-owner",
+            "--no-privileges",
+            "--exit-on-error",
+            "--dbname",
+            safe,
+            str(archive),
+        ],
+        check=True,
+        env={**os.environ, **env},
+        capture_output=True,
+    )

@@ -8,8 +8,8 @@ import psycopg
 import pytest
 
 from pg_backup_dagster.pgtools import find_tools
-from pg_backup_dagster_tests.conftest import create_database, load_sql_file, table_fingerprints
-from pg_backup_dagster_tests.restore_helpers import HOSTILE_SQL, back_up, cli, index, run_section
+from pg_backup_dagster_tests.conftest import create_database, table_fingerprints
+from pg_backup_dagster_tests.restore_helpers import back_up, cli, hostile_database, run_every_table
 
 HOSTILE_TABLES = [('we"ird.sch/ema', 'ta"ble.with/slash'), ("Mixed Case", "Tab le"), ("public", "uses_types")]
 
@@ -20,8 +20,7 @@ def version_case(pg15, pg18, tmp_path_factory):
 
     The 18 source is backed up and restored the same way in test_restore.py and test_restore_doc.py.
     """
-    dsn = create_database(pg15, "cross_pg15")
-    load_sql_file(dsn, HOSTILE_SQL)
+    dsn = hostile_database(pg15, "cross_pg15")
     published = back_up("cross_pg15", dsn, str(tmp_path_factory.mktemp("cross_pg15")), pg18.dsn())
     return pg15, dsn, published
 
@@ -65,19 +64,7 @@ def test_table_and_schema_tiers_into_the_same_version(version_case):
 def test_restore_md_tables_block_into_the_same_version(version_case):
     """psql 18 with a 15 server: `SET transaction_timeout` must be filtered by RESTORE.md's own commands."""
     server, dsn, published = version_case
-    text = (published.folder / "RESTORE.md").read_text()
-    objects = [
-        "global_objects.sql",
-        *sorted(p.relative_to(published.folder).as_posix() for p in published.folder.glob("*/objects.sql")),
-    ]
     target = create_database(server, "cross_doc")
-    result = run_section(
-        published.folder,
-        "4. Any tables",
-        target,
-        TABLES=" ".join(index(text)),
-        OBJECTS=" ".join(objects),
-        LATE="global_objects_late.sql",
-    )
+    result = run_every_table(published.folder, target)
     assert result.returncode == 0, result.stderr
     assert table_fingerprints(target) == table_fingerprints(dsn)

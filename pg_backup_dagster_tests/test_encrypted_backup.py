@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
 from pg_backup_dagster.config import SourceConfig
-from pg_backup_dagster.conninfo import split_password
 from pg_backup_dagster.errors import BackupError
-from pg_backup_dagster.pgtools import find_tools
 from pg_backup_dagster.runner import run_backup
 from pg_backup_dagster.storage import IDENTITY_ENV, generate_identity, open_storage
 from pg_backup_dagster_tests.conftest import create_database, table_fingerprints
+from pg_backup_dagster_tests.restore_helpers import restore_full_dump
 
 DSN_ENV = "PGBD_TEST_ENCRYPTED_DSN"
 RESTORE_ENV = "PGBD_TEST_ENCRYPTED_RESTORE_URL"
@@ -74,20 +72,6 @@ def test_decrypted_full_dump_restores_with_equal_rows(encrypted, sample_dsn, pg1
     folder = open_storage(str(target)).fetch("secret", backup_id, tmp_path / "plain")
     assert not list(folder.rglob("*.age"))
     restored = create_database(pg18, "decrypted")
-    safe, env = split_password(restored)
-    subprocess.run(
-        [
-            find_tools().path("pg_restore"),
-            "--no-owner",
-            "--no-privileges",
-            "--exit-on-error",
-            "--dbname",
-            safe,
-            str(folder / f"database_full_{backup_id}.dump"),
-        ],
-        check=True,
-        env={**os.environ, **env},
-        capture_output=True,
-    )
+    restore_full_dump(folder / f"database_full_{backup_id}.dump", restored)
     expected = table_fingerprints(sample_dsn)
     assert expected and table_fingerprints(restored) == expected

@@ -16,8 +16,8 @@ from pg_backup_dagster.errors import BackupError
 from pg_backup_dagster.local_server import ephemeral_server
 from pg_backup_dagster.restore import parse_table_name
 from pg_backup_dagster.restore_job import restore_job_name
-from pg_backup_dagster_tests.conftest import create_database, load_sql_file, table_fingerprints
-from pg_backup_dagster_tests.restore_helpers import HOSTILE_SQL, back_up, cli
+from pg_backup_dagster_tests.conftest import create_database, table_fingerprints
+from pg_backup_dagster_tests.restore_helpers import back_up, cli, hostile_database
 from pg_backup_dagster_tests.storage.conftest import bucket, moto_endpoint, s3_client, s3_env  # noqa: F401
 
 ROLE = f"pgbd_restore_writer_{os.getpid()}"
@@ -32,11 +32,7 @@ HOSTILE_TABLES = [
 
 @pytest.fixture(scope="module")
 def source_dsn(pg18) -> str:
-    dsn = create_database(pg18, "restore_hostile")
-    load_sql_file(dsn, HOSTILE_SQL)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE ROLE {ROLE} NOLOGIN CONNECTION LIMIT 3")
-    return dsn
+    return hostile_database(pg18, "restore_hostile", f"CREATE ROLE {ROLE} NOLOGIN CONNECTION LIMIT 3")
 
 
 @pytest.fixture(scope="module")

@@ -14,19 +14,22 @@ import pytest
 
 from pg_backup_dagster.local_server import ephemeral_server
 from pg_backup_dagster.restore_doc import COMPAT_FUNCTION
-from pg_backup_dagster_tests.conftest import create_database, load_sql_file, table_fingerprints
-from pg_backup_dagster_tests.restore_helpers import HOSTILE_SQL, back_up, index, run_section, sections
+from pg_backup_dagster_tests.conftest import create_database, table_fingerprints
+from pg_backup_dagster_tests.restore_helpers import (
+    back_up,
+    hostile_database,
+    index,
+    run_every_table,
+    run_section,
+    sections,
+)
 
 ROLE = f"pgbd_doc_reader_{os.getpid()}"
 
 
 @pytest.fixture(scope="module")
 def source_dsn(pg18) -> str:
-    dsn = create_database(pg18, "doc_hostile")
-    load_sql_file(dsn, HOSTILE_SQL)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE ROLE {ROLE} LOGIN CONNECTION LIMIT 7")
-    return dsn
+    return hostile_database(pg18, "doc_hostile", f"CREATE ROLE {ROLE} LOGIN CONNECTION LIMIT 7")
 
 
 @pytest.fixture(scope="module")
@@ -107,17 +110,8 @@ def test_tables_block_with_hostile_tables_into_a_fresh_database(folder, source_d
 
 def test_tables_block_with_every_table_rebuilds_the_database(folder, source_dsn, pg18):
     """Every table of the index, in its order, plus every objects file: the per-table tier alone is complete."""
-    text = (folder / "RESTORE.md").read_text()
-    objects = ["global_objects.sql", *sorted(p.relative_to(folder).as_posix() for p in folder.glob("*/objects.sql"))]
     target = create_database(pg18, "doc_all_tables")
-    result = run_section(
-        folder,
-        "4. Any tables",
-        target,
-        TABLES=" ".join(index(text)),
-        OBJECTS=" ".join(objects),
-        LATE="global_objects_late.sql",
-    )
+    result = run_every_table(folder, target)
     assert result.returncode == 0, result.stderr
     assert table_fingerprints(target) == table_fingerprints(source_dsn)
 

@@ -1,7 +1,7 @@
 """S3 failing under a real backup: a part answered 5xx or reset, a bucket that is missing, access denied.
 
-boto3 talks real HTTP to moto's server through a fault-injecting proxy (s3_proxy.py). The source's full dump
-is ~6 MiB of random bytes, so with 5 MiB parts it goes up as a real two-part multipart upload.
+boto3 talks real HTTP to moto's server through a fault-injecting proxy (pg_backup_dagster_tests/s3_proxy.py).
+The source's full dump is ~6 MiB of random bytes, so with 5 MiB parts it goes up as a real two-part multipart upload.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pg_backup_dagster_tests.faults.helpers import (
     leftovers,
     make_source,
 )
-from pg_backup_dagster_tests.faults.s3_proxy import RESET, FaultProxy, Rule, running_proxy
+from pg_backup_dagster_tests.s3_proxy import RESET, FaultProxy, Rule, running_proxy
 from pg_backup_dagster_tests.storage.conftest import _free_port, _moto_command, _wait_until_up
 
 MiB = 1024 * 1024

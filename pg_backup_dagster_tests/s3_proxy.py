@@ -1,7 +1,8 @@
 """A small fault-injecting reverse proxy in front of moto's server: boto3 speaks real HTTP to it.
 
 While a rule is armed, matching requests get an HTTP error status with S3 error XML, or their TCP connection
-reset (RST) after the body was read; everything else is relayed to moto unchanged.
+reset (RST) after the body was read; everything else is relayed to moto unchanged. A 400 answers BadDigest (a part
+corrupted in transit), which boto3 does not retry, so a test of a failed upload does not wait on retry backoff.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 RESET = "reset"
-_REASONS = {403: "AccessDenied", 500: "InternalError", 503: "SlowDown"}
+_REASONS = {400: "BadDigest", 403: "AccessDenied", 500: "InternalError", 503: "SlowDown"}
 
 
 @dataclass
@@ -108,7 +109,8 @@ class _Handler(BaseHTTPRequestHandler):
             xml = f"<Error><Code>{code}</Code><Message>injected by the fault proxy</Message></Error>".encode()
             self._send(fault, {"Content-Type": "application/xml"}, xml)
             return
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("transfer-encoding", "content-length")}
+        dropped = ("transfer-encoding", "content-length", "expect")  # the body is already read and re-sent whole
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in dropped}
         if body or self.command in ("PUT", "POST"):
             headers["Content-Length"] = str(len(body))
         conn = http.client.HTTPConnection(self.server.upstream.hostname, self.server.upstream.port, timeout=60)
