@@ -36,8 +36,9 @@ def build_definitions(sources: list[SourceConfig]) -> dg.Definitions:
     """Assets, checks, jobs, schedules, sensors and resources for every source, in one Definitions."""
     assets, checks, jobs, resources = [], [], [], {}
     for source in sources:
-        assets += build_backup_assets(source, backups_partitions_def(source))
-        checks += build_backup_checks(source)
+        partitions = backups_partitions_def(source)
+        assets += build_backup_assets(source, partitions)
+        checks += build_backup_checks(source, partitions)
         jobs += [build_backup_job(source), build_retention_job(source), build_restore_job(source)]
         resources.update(source_resources(source))
     return dg.Definitions(

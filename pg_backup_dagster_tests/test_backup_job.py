@@ -48,6 +48,7 @@ def test_instance_records_partition_materializations_and_checks(backed_up):
         dg.AssetCheckKey(dg.AssetKey(["sample", "full_dump"]), "full_dump_restores"), limit=1
     )
     assert records and records[0].status.value == "SUCCEEDED"
+    assert records[0].partition == outcome.backup_id  # the UI ties the check result to its backup
 
 
 def test_published_layout_and_manifest(backed_up):
