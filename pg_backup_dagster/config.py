@@ -19,6 +19,7 @@ from pg_backup_dagster.retention import RetentionPolicy
 
 SOURCE_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
 PROFILES = ("plain", "supabase")
+TIERS = ("roles", "full", "schema", "table")
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class SourceConfig:
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
     retention_after_backup: bool = False
     freshness_hours: float | None = None
+    tiers: tuple[str, ...] = TIERS
 
     def __post_init__(self) -> None:
         _check(SOURCE_NAME_RE.match(self.name) is not None, "name", f"{self.name!r} must match [a-z][a-z0-9_]*")
@@ -56,6 +58,9 @@ class SourceConfig:
         _check(1 <= self.retry_attempts <= 20, "retry_attempts", "must be between 1 and 20")
         _check(1 <= self.restore_jobs <= 32, "restore_jobs", "must be between 1 and 32")
         _check(bool(self.target), "target", "must not be empty")
+        unknown_tiers = sorted(set(self.tiers) - set(TIERS))
+        _check(not unknown_tiers, "tiers", f"unknown tier {unknown_tiers[0]!r}" if unknown_tiers else "")
+        _check("full" in self.tiers, "tiers", "must include 'full' (the other tiers and the restore check use it)")
         if self.dsn is not None:
             _check(not _has_password(self.dsn), "dsn", "must not contain a password: use dsn_env or PGPASSFILE")
 
@@ -95,6 +100,7 @@ def source_from_mapping(data: dict[str, Any], where: str) -> SourceConfig:
         values["retention"] = RetentionPolicy.from_mapping(values.get("retention"))
         values["age_recipients"] = tuple(values.get("age_recipients") or ())
         values["accepted_restore_errors"] = tuple(values.get("accepted_restore_errors") or ())
+        values["tiers"] = tuple(values.get("tiers") or TIERS)
         return SourceConfig(**values)
     except TypeError as exc:
         raise BackupError(f"invalid config {where}: {exc}") from None

@@ -98,7 +98,7 @@ def clear_dump_outputs(staging: Staging) -> None:
 
 
 def dump_full_and_schemas(
-    pg: PostgresResource, staging: Staging, profile_name: str, catalog_hook=None
+    pg: PostgresResource, staging: Staging, profile_name: str, catalog_hook=None, schema_tier: bool = True
 ) -> dict:
     """Export one snapshot; dump the whole database in it, then give every user schema its own archive.
 
@@ -112,7 +112,7 @@ def dump_full_and_schemas(
     clear_dump_outputs(staging)
     bid = staging.backup_id
     with pg.exported_snapshot(app_name(bid, "snapshot")) as (conn, snapshot):
-        schemas = user_schemas(conn, excluded)
+        schemas = user_schemas(conn, excluded) if schema_tier else []
         exclude_args = [f"--exclude-schema={exact_pattern(s)}" for s in sorted(excluded)]
         with ThreadPoolExecutor(max_workers=1) as pool:
             full = pool.submit(_pg_dump, pg, staging.full_dump, snapshot, app_name(bid, "full"), exclude_args)

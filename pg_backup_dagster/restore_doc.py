@@ -42,6 +42,16 @@ def _sh(*lines: str) -> list[str]:
     return ["```sh", *lines, "```", ""]
 
 
+def roles_section() -> list[str]:
+    return [
+        "## 1. Roles",
+        "",
+        "Roles are cluster-wide: errors for roles that already exist on the target are harmless.",
+        "",
+        *_sh(COMPAT_FUNCTION, 'compat roles.sql | psql -X -q -d "$TARGET"'),
+    ]
+
+
 def render_restore_md(source: str, staging: Staging) -> str:
     """Exact commands for every tier; `$TARGET` is a connection URL of the database to restore into."""
     dumps = staging.load("dumps")
@@ -67,11 +77,7 @@ def render_restore_md(source: str, staging: Staging) -> str:
         "## 0. Check the files",
         "",
         *_sh("sha256sum --check --quiet SHA256SUMS"),
-        "## 1. Roles",
-        "",
-        "Roles are cluster-wide: errors for roles that already exist on the target are harmless.",
-        "",
-        *_sh(COMPAT_FUNCTION, 'compat roles.sql | psql -X -q -d "$TARGET"'),
+        *(roles_section() if staging.roles_file.exists() else []),
         "## 2. The whole database",
         "",
         "Into an empty database. `--jobs=N` makes a large restore faster, but PostgreSQL may then deadlock",
@@ -79,18 +85,22 @@ def render_restore_md(source: str, staging: Staging) -> str:
         "of their own.",
         "",
         *_sh(f'pg_restore --no-owner --no-privileges --exit-on-error --dbname="$TARGET" {dumps["full"]["path"]}'),
-        "## 3. One schema",
-        "",
-        "Each schema has its own archive; set `ARCHIVE` to one of the list below. Objects it references in other",
-        "schemas (types, foreign keys) must exist in the target first.",
-        "",
     ]
     if schemas:
+        lines += [
+            "## 3. One schema",
+            "",
+            "Each schema has its own archive; set `ARCHIVE` to one of the list below. Objects it references in other",
+            "schemas (types, foreign keys) must exist in the target first.",
+            "",
+        ]
         lines += _sh(
             f'ARCHIVE="${{ARCHIVE:-{schemas[0]["path"]}}}"',
             'pg_restore --no-owner --no-privileges --exit-on-error --dbname="$TARGET" "$ARCHIVE"',
         )
         lines += ["```text", *(f"{s['path']}\t{shown(s['schema'])}" for s in schemas), "```", ""]
+    if not tables:  # the per-table tier is not part of this backup
+        return "\n".join(lines)
     lines += [
         "## 4. Any tables",
         "",

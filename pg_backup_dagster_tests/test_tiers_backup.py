@@ -170,3 +170,30 @@ def test_all_tiers_show_one_instant_while_the_database_is_written(pg18, tmp_path
     with psycopg.connect(restored) as conn:
         assert conn.execute("SELECT count(*) FROM s1.a").fetchone()[0] == full_a
         assert conn.execute("SELECT count(*) FROM s2.b").fetchone()[0] == full_b
+
+
+# --- choosing tiers ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("tiers", "checks"),
+    [(("full",), {"full_dump_restores"}), (("full", "table"), {"full_dump_restores", "table_dumps_restore"})],
+)
+def test_a_source_can_take_only_some_tiers(sample_dsn, tmp_path, tiers, checks):
+    outcome, folder = backup_through_dagster(sample_dsn, tmp_path, "some", tiers=tiers)
+    assert outcome.success, outcome.errors
+    assert set(outcome.checks) == checks and all(passed for passed, _ in outcome.checks.values())
+    manifest = json.loads((folder / "manifest.json").read_text())
+    stored = {e["tier"] for e in manifest["files"]}
+    assert stored == {"full", "doc"} | ({"table", "schema_objects", "global_objects"} if "table" in tiers else set())
+    assert not (folder / "roles.sql").exists() and not list(folder.glob("*/*_schema_*.dump"))
+    restore_md = (folder / "RESTORE.md").read_text()
+    assert "## 2. The whole database" in restore_md and "## 1. Roles" not in restore_md
+    assert ("## 4. Any tables" in restore_md) == ("table" in tiers)
+
+
+def test_tiers_must_include_the_full_dump():
+    from pg_backup_dagster.errors import BackupError
+
+    with pytest.raises(BackupError, match="invalid config field 'tiers'"):
+        SourceConfig(name="x", tiers=("table",))
+    with pytest.raises(BackupError, match="unknown tier 'views'"):
+        SourceConfig(name="x", tiers=("full", "views"))

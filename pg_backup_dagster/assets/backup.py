@@ -18,6 +18,7 @@ from pg_backup_dagster.retention_run import after_publish
 from pg_backup_dagster.table_tier import split_tables
 
 ROLES, FULL, SCHEMAS, TABLES, MANIFEST = "roles_sql", "full_dump", "schema_dumps", "table_dumps", "backup_manifest"
+TIER_ASSETS = (("roles", ROLES), ("full", FULL), ("schema", SCHEMAS), ("table", TABLES))
 
 
 def asset_key(source: SourceConfig, name: str) -> dg.AssetKey:
@@ -25,7 +26,7 @@ def asset_key(source: SourceConfig, name: str) -> dg.AssetKey:
 
 
 def build_backup_assets(source: SourceConfig, partitions: dg.DynamicPartitionsDefinition) -> list:
-    """All asset definitions of one source, sharing its partitions and resources.
+    """The asset definitions of one source's configured tiers, sharing its partitions and resources.
 
     Only the steps that connect to the source (roles, dumps) take a slot of the source's pool: the per-table
     split, the checks and the manifest work on files and scratch servers, so they need not wait for it.
@@ -43,26 +44,25 @@ def build_backup_assets(source: SourceConfig, partitions: dg.DynamicPartitionsDe
         step.staging.save("roles", {"file": dumped.path, "size": dumped.size, "seconds": dumped.seconds})
         return dg.MaterializeResult(metadata=roles_metadata(step.staging, dumped))
 
-    @dg.multi_asset(
-        name=f"{source.name}_dumps",
-        specs=[
-            dg.AssetSpec(asset_key(source, FULL), kinds={"postgres"},
-                         description="Whole database, pg_dump custom format, from the backup's snapshot."),
-            dg.AssetSpec(asset_key(source, SCHEMAS), kinds={"postgres"},
-                         description="One custom-format archive per user schema, from the same snapshot."),
-        ],
-        **on_source,
-    )
+    schema_tier = "schema" in source.tiers
+    specs = [dg.AssetSpec(asset_key(source, FULL), kinds={"postgres"},
+                          description="Whole database, pg_dump custom format, from the backup's snapshot.")]
+    if schema_tier:
+        specs.append(dg.AssetSpec(asset_key(source, SCHEMAS), kinds={"postgres"},
+                                  description="One custom-format archive per user schema, from the same snapshot."))
+
+    @dg.multi_asset(name=f"{source.name}_dumps", specs=specs, **on_source)
     def dumps(context: dg.AssetExecutionContext):
         step = step_context(context, source)
         started = time.monotonic()
         major = step.pg.server_major(app_name(step.backup_id, "full"))
-        result = dump_full_and_schemas(step.pg, step.staging, source.profile, catalog_hook=catalog_reader(source))
+        result = dump_full_and_schemas(step.pg, step.staging, source.profile, catalog_reader(source), schema_tier)
         result.update(server_major=major, pg_dump_version=step.pg.tools().version, seconds=time.monotonic() - started)
         step.staging.save("dumps", result)
         full_meta, schema_meta = dump_metadata(result)
         yield dg.MaterializeResult(asset_key=asset_key(source, FULL), metadata=full_meta)
-        yield dg.MaterializeResult(asset_key=asset_key(source, SCHEMAS), metadata=schema_meta)
+        if schema_tier:
+            yield dg.MaterializeResult(asset_key=asset_key(source, SCHEMAS), metadata=schema_meta)
 
     @dg.asset(key=asset_key(source, TABLES), deps=[asset_key(source, FULL)], kinds={"sql"},
               description="Per-table schema.sql/data.sql/post.sql/fk.sql split from the full archive.", **common)
@@ -72,8 +72,10 @@ def build_backup_assets(source: SourceConfig, partitions: dg.DynamicPartitionsDe
         step.staging.save("tables", tier)
         return dg.MaterializeResult(metadata=table_tier_metadata(tier))
 
-    @dg.asset(key=asset_key(source, MANIFEST),
-              deps=[asset_key(source, n) for n in (ROLES, FULL, SCHEMAS, TABLES)], kinds={"json"},
+    chosen = {"roles": roles_sql, "full": dumps, "table": table_dumps}
+    tier_keys = [asset_key(source, name) for tier, name in TIER_ASSETS if tier in source.tiers]
+
+    @dg.asset(key=asset_key(source, MANIFEST), deps=tier_keys, kinds={"json"},
               description="Checksums of every file; published last, then latest.json moves.", **common)
     def backup_manifest(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         step = step_context(context, source)
@@ -81,7 +83,7 @@ def build_backup_assets(source: SourceConfig, partitions: dg.DynamicPartitionsDe
         after_publish(source, step.storage, context.instance, context.run.run_id, context.log)
         return dg.MaterializeResult(metadata=published.metadata())
 
-    return [roles_sql, dumps, table_dumps, backup_manifest]
+    return [definition for tier, definition in chosen.items() if tier in source.tiers] + [backup_manifest]
 
 
 def catalog_reader(source: SourceConfig):

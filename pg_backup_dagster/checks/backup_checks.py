@@ -45,7 +45,7 @@ def build_backup_checks(
 def _backup_checks(
     source: SourceConfig, partitions: dg.DynamicPartitionsDefinition
 ) -> list[dg.AssetChecksDefinition]:
-    """Checks for the four tiers of one source, partitioned like their assets so the UI ties each result to
+    """Checks for the configured tiers of one source, partitioned like their assets so the UI ties each result to
     its backup (per-partition checks are a preview feature in Dagster 1.13; they always run with their asset)."""
     resources = {postgres_key(source), target_key(source)}
     # no pool: checks never touch the source
@@ -80,4 +80,6 @@ def _backup_checks(
         return _result(context, source, "roles_sql_loadable",
                        verify_tiers.check_roles_file(step_context(context, source)))
 
-    return [full_dump_restores, schema_dumps_complete, table_dumps_restore, roles_sql_loadable]
+    by_tier = {"full": full_dump_restores, "schema": schema_dumps_complete, "table": table_dumps_restore,
+               "roles": roles_sql_loadable}
+    return [check for tier, check in by_tier.items() if tier in source.tiers]
