@@ -10,8 +10,10 @@ import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
+from dagster._utils.schedules import is_valid_cron_string
 from psycopg.conninfo import conninfo_to_dict
 
 from pg_backup_dagster.errors import BackupError
@@ -61,6 +63,9 @@ class SourceConfig:
         unknown_tiers = sorted(set(self.tiers) - set(TIERS))
         _check(not unknown_tiers, "tiers", f"unknown tier {unknown_tiers[0]!r}" if unknown_tiers else "")
         _check("full" in self.tiers, "tiers", "must include 'full' (the other tiers and the restore check use it)")
+        if self.schedule is not None:
+            _check(is_valid_cron_string(self.schedule), "schedule", f"{self.schedule!r} is not a cron expression")
+        _check(_is_timezone(self.timezone), "timezone", f"{self.timezone!r} is not an IANA time zone")
         if self.dsn is not None:
             _check(not _has_password(self.dsn), "dsn", "must not contain a password: use dsn_env or PGPASSFILE")
 
@@ -71,6 +76,14 @@ class SourceConfig:
     @property
     def pool(self) -> str:
         return f"pg_backup_{self.name}"
+
+
+def _is_timezone(name: str) -> bool:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
 
 
 def _check(ok: bool, field_name: str, message: str) -> None:

@@ -68,6 +68,9 @@ def test_config_from_env_defaults():
         ("sources: []", "sources"),
         ("sources: [{name: a, target: /x}, {name: a, target: /y}]", "appears twice"),
         ("sources: [{name: a\n  target: x", "YAML"),
+        ("sources: [{name: a, target: /x, schedule: every night}]", "schedule"),
+        ("sources: [{name: a, target: /x, schedule: '0 3 * * *', timezone: Mars/Olympus}]", "timezone"),
+        ("sources: [{name: a, target: /x, tiers: [table]}]", "tiers"),
     ],
 )
 def test_bad_config_names_the_field(tmp_path, body, field):
