@@ -74,7 +74,10 @@ def test_next_run_and_gc_remove_leftovers_of_failed_runs_but_never_a_backup(sour
     runner = CliRunner()
 
     dry = runner.invoke(app, ["gc"])
-    assert dry.exit_code == 0 and "dry run" in dry.output, dry.output
+    assert dry.exit_code == 0 and "would remove 0 leftover(s)" in dry.output, dry.output
+    listed = runner.invoke(app, ["gc", "--min-age", "0"])  # a dry run lists what --apply would remove
+    assert listed.exit_code == 0 and "would remove 2 leftover(s)" in listed.output, listed.output
+    assert str(new_leftover) in listed.output and str(interrupted) in listed.output
     assert new_leftover.is_dir() and interrupted.is_dir()
 
     young = runner.invoke(app, ["gc", "--apply"])

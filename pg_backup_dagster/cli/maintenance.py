@@ -67,13 +67,9 @@ def gc(
 
     for chosen in chosen_sources(source):
         storage = open_storage(chosen.target)
-        if not apply:
-            typer.echo(
-                f"source '{chosen.name}' at {storage.url}: dry run: leftovers untouched for {min_age:g} s "
-                "would be removed; pass --apply to remove them"
-            )
-            continue
-        removed = storage.gc(chosen.name, min_age=min_age)
-        typer.echo(f"source '{chosen.name}' at {storage.url}: removed {len(removed)} leftover(s)")
-        for path in removed:
-            typer.echo(f"  removed {path}")
+        found = storage.gc(chosen.name, min_age=min_age, dry_run=not apply)
+        verb = "removed" if apply else "would remove"
+        typer.echo(f"source '{chosen.name}' at {storage.url}: {verb} {len(found)} leftover(s) untouched for "
+                   f"{min_age:g} s" + ("" if apply else "; pass --apply to remove them"))
+        for path in found:
+            typer.echo(f"  {verb} {path}")

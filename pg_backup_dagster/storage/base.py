@@ -342,8 +342,9 @@ class BackupStorage(ABC):
         """Delete one backup, manifest first so a half-deleted backup is never visible."""
 
     @abstractmethod
-    def gc(self, source: str, *, min_age: float = DEFAULT_GC_MIN_AGE) -> list[str]:
-        """Remove leftovers of failed runs older than min_age seconds; never a manifested backup."""
+    def gc(self, source: str, *, min_age: float = DEFAULT_GC_MIN_AGE, dry_run: bool = False) -> list[str]:
+        """Remove leftovers of failed runs older than min_age seconds; never a manifested backup.
+        With dry_run, only list what would be removed."""
 
     # --- helpers -----------------------------------------------------------------------------------
     def _manifest_label(self, source: str, backup_id: str) -> str:

@@ -252,14 +252,15 @@ class LocalStorage(BackupStorage):
         except OSError as exc:
             raise BackupError(f"cannot delete {folder}: {exc.strerror or exc} (gc will finish it)") from None
 
-    def gc(self, source: str, *, min_age: float = DEFAULT_GC_MIN_AGE) -> list[str]:
+    def gc(self, source: str, *, min_age: float = DEFAULT_GC_MIN_AGE, dry_run: bool = False) -> list[str]:
         source_dir = self._source_dir(source)
         if not source_dir.is_dir():
             return []
         removed = []
         for path in self._gc_candidates(source_dir):
             if is_old(path, min_age):
-                remove_path(path)
+                if not dry_run:
+                    remove_path(path)
                 removed.append(str(path))
         return removed
 

@@ -478,14 +478,14 @@ class S3Storage(BackupStorage):
                 log.warning("cleanup after failed publish incomplete (gc will finish): %s", exc)
                 return
 
-    def gc(self, source: str, *, min_age: float = DEFAULT_GC_MIN_AGE) -> list[str]:
+    def gc(self, source: str, *, min_age: float = DEFAULT_GC_MIN_AGE, dry_run: bool = False) -> list[str]:
         source_key = self._source_key(source)
-        removed = self._gc_orphan_prefixes(source_key, min_age)
-        removed += self._gc_multipart(source_key, min_age)
-        removed += self._gc_work_dir(source, min_age)
+        removed = self._gc_orphan_prefixes(source_key, min_age, dry_run)
+        removed += self._gc_multipart(source_key, min_age, dry_run)
+        removed += self._gc_work_dir(source, min_age, dry_run)
         return removed
 
-    def _gc_orphan_prefixes(self, source_key: str, min_age: float) -> list[str]:
+    def _gc_orphan_prefixes(self, source_key: str, min_age: float, dry_run: bool) -> list[str]:
         """Objects under {source}/{id}/ with no manifest: a failed publish or an interrupted delete."""
         removed = []
         cutoff = time.time() - min_age
@@ -497,11 +497,12 @@ class S3Storage(BackupStorage):
                 continue
             if max(obj["LastModified"].timestamp() for obj in objects) > cutoff:
                 continue
-            self._delete_keys(keys)
+            if not dry_run:
+                self._delete_keys(keys)
             removed.append(f"s3://{self.bucket}/{prefix}")
         return removed
 
-    def _gc_multipart(self, source_key: str, min_age: float) -> list[str]:
+    def _gc_multipart(self, source_key: str, min_age: float, dry_run: bool) -> list[str]:
         """Unfinished multipart uploads cost storage while invisible to listings: abort them."""
         removed = []
         cutoff = datetime.fromtimestamp(time.time() - min_age, UTC)
@@ -513,11 +514,12 @@ class S3Storage(BackupStorage):
         for upload in uploads:
             if upload["Initiated"] > cutoff:
                 continue
-            self._call("abort_multipart_upload", upload["Key"], UploadId=upload["UploadId"])
+            if not dry_run:
+                self._call("abort_multipart_upload", upload["Key"], UploadId=upload["UploadId"])
             removed.append(f"multipart upload s3://{self.bucket}/{upload['Key']}")
         return removed
 
-    def _gc_work_dir(self, source: str, min_age: float) -> list[str]:
+    def _gc_work_dir(self, source: str, min_age: float, dry_run: bool) -> list[str]:
         """Local staging dirs of S3 runs that never published."""
         source_dir = self.work_dir / source
         if not source_dir.is_dir():
@@ -525,7 +527,8 @@ class S3Storage(BackupStorage):
         removed = []
         for child in sorted(source_dir.iterdir()):
             if is_old(child, min_age):
-                remove_path(child)
+                if not dry_run:
+                    remove_path(child)
                 removed.append(str(child))
         return removed
 
