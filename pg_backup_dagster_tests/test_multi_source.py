@@ -171,14 +171,18 @@ def test_overlapping_runs_stay_within_the_connection_budget(pooled, pg_instance,
         with ConnectionSampler(pg18.dsn(), dsn.rsplit("/", 1)[1]) as sampler:
             processes = [cli_backup("budget", b) for b in BACKUP_IDS]
             if pooled:
-                wait_for(lambda: sampler.count(admin, blocked_only=True) >= 1, "the first run's dump to stall")
+                # generous waits: on a loaded 2-core CI machine each CLI run needs a while to reach its dump
+                wait_for(lambda: sampler.count(admin, blocked_only=True) >= 1, "the first run's dump to stall", 240)
                 wait_for(
-                    lambda: pg_instance.event_log_storage.get_concurrency_info(src.pool).pending_step_count >= 1,
+                    lambda: pg_instance.event_log_storage.get_concurrency_info(src.pool).pending_step_count >= 1
+                    or any(p.poll() is not None for p in processes),
                     "the second run to wait for the pool slot",
+                    240,
                 )
+                assert all(p.poll() is None for p in processes), [finish(p) for p in processes if p.poll() is not None]
                 assert sampler.count(admin) <= budget
             else:  # proven once both stall; stop them (and their pg_dumps) rather than wait for two backups
-                wait_for(lambda: sampler.count(admin, blocked_only=True) > budget, "both runs' dumps to stall")
+                wait_for(lambda: sampler.count(admin, blocked_only=True) > budget, "both runs' dumps to stall", 240)
                 for process in processes:
                     os.killpg(process.pid, signal.SIGKILL)
                     process.wait()

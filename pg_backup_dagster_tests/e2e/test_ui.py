@@ -301,7 +301,7 @@ def open_browser(profile: Path):
     return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
 
 
-def wait_for_text(driver, texts: list[str], absent: str | None = None, timeout: float = 60) -> str:
+def wait_for_text(driver, texts: list[str], absent: str | None = None, timeout: float = 120) -> str:
     """Wait until the rendered page shows every text (and no longer shows `absent`), dismissing the
     first-visit community dialog if it covers the page."""
     deadline = time.monotonic() + timeout

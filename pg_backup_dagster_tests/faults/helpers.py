@@ -115,7 +115,7 @@ def table_locked(dsn: str, table: str) -> Iterator[psycopg.Connection]:
             pass  # the fault may have killed this session too
 
 
-def wait_for_blocked_dump(admin_dsn: str, backup_id: str, timeout: float = 60.0) -> None:
+def wait_for_blocked_dump(admin_dsn: str, backup_id: str, timeout: float = 180.0) -> None:
     """Until the backup's full pg_dump is connected and waiting on a lock, i.e. in the middle of its dump."""
     deadline = time.monotonic() + timeout
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
