@@ -95,13 +95,3 @@ def build_manifest(source: str, profile: str, staging: Staging) -> dict[str, Any
         "checks": checks,
         "passed": bool(checks) and all(c.get("passed") for c in checks.values()),
     }
-
-
-def validate_manifest(manifest: Any, where: str) -> dict[str, Any]:
-    """Reject something that is not a manifest of a format we can read."""
-    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
-        raise BackupError(f"unreadable manifest at {where}: not a format {FORMAT_VERSION} manifest")
-    for key in ("source", "backup_id", "files"):
-        if key not in manifest:
-            raise BackupError(f"unreadable manifest at {where}: missing '{key}'")
-    return manifest
