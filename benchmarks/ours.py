@@ -23,7 +23,7 @@ from pg_backup_dagster.partitions import backups_partitions_def
 from pg_backup_dagster.pgtools import PgTools
 from pg_backup_dagster.runner import run_backup
 from pg_backup_dagster.tiers.catalog import fetch_table_catalog
-from pg_backup_dagster.tiers.table_split import split_archive
+from pg_backup_dagster.tiers.live_split import split_archive
 from pg_backup_dagster.verification import restore_and_compare
 
 DSN_ENV = "PGBD_BENCH_SOURCE_DSN"

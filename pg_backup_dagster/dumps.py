@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -9,13 +10,15 @@ from pathlib import Path
 
 import psycopg
 
-from pg_backup_dagster.files import atomic_path
+from pg_backup_dagster.files import atomic_path, temp_path
 from pg_backup_dagster.paths import encode_segment
 from pg_backup_dagster.profiles import filter_roles_sql, get_profile
 from pg_backup_dagster.resources.postgres import PostgresResource
 from pg_backup_dagster.row_counts import count_rows
 from pg_backup_dagster.staging import Staging
+from pg_backup_dagster.table_tier import TableTierSplit
 from pg_backup_dagster.tiers.archive_filter import UnsupportedArchive, copy_archive_for_schema, read_archive
+from pg_backup_dagster.tiers.catalog import fetch_table_catalog
 
 SYSTEM_SCHEMA_FILTER = (
     "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' "
@@ -93,20 +96,22 @@ def _schema_file(staging: Staging, schema: str, seconds: float) -> DumpedFile:
 def clear_dump_outputs(staging: Staging) -> None:
     """Forget archives from an earlier try of this backup id so nothing stale is published."""
     staging.full_dump.unlink(missing_ok=True)
+    temp_path(staging.full_dump).unlink(missing_ok=True)  # the table split follows this file: never a stale one
     for old in staging.root.glob(f"*/*_schema_{staging.backup_id}.dump"):
         old.unlink()
 
 
 def dump_full_and_schemas(
-    pg: PostgresResource, staging: Staging, profile_name: str, catalog_hook=None, schema_tier: bool = True
+    pg: PostgresResource, staging: Staging, profile_name: str, *, schema_tier: bool = True, table_tier: bool = True
 ) -> dict:
     """Export one snapshot; dump the whole database in it, then give every user schema its own archive.
 
-    While pg_dump runs, the snapshot connection counts rows and (via catalog_hook) reads the catalog, so
-    counts, catalog and archives describe the same instant. Schema archives are cut out of the full archive
-    (its entries and already-compressed data blocks), not dumped again: one more pg_dump per schema would
-    read the whole catalog and compress all data a second time. pg_dump per schema, in the same snapshot, is
-    the fallback for archive versions the cutter does not know.
+    While pg_dump runs, the snapshot connection reads the catalog and counts rows, and the per-table tier is
+    split out of the archive as pg_dump writes it (table_tier.py), so counts, catalog and every tier describe
+    the same instant. Schema archives are cut out of the full archive (its entries and already-compressed
+    data blocks), not dumped again: one more pg_dump per schema would read the whole catalog and compress all
+    data a second time. pg_dump per schema, in the same snapshot, is the fallback for archive versions the
+    cutter does not know. With the table tier, "tables" holds its description.
     """
     excluded = get_profile(profile_name).excluded_schemas
     clear_dump_outputs(staging)
@@ -114,19 +119,28 @@ def dump_full_and_schemas(
     with pg.exported_snapshot(app_name(bid, "snapshot")) as (conn, snapshot):
         schemas = user_schemas(conn, excluded) if schema_tier else []
         exclude_args = [f"--exclude-schema={exact_pattern(s)}" for s in sorted(excluded)]
-        with ThreadPoolExecutor(max_workers=1) as pool:
+        dump_done = threading.Event()
+        with ThreadPoolExecutor(max_workers=2) as pool:
             full = pool.submit(_pg_dump, pg, staging.full_dump, snapshot, app_name(bid, "full"), exclude_args)
+            full.add_done_callback(lambda _: dump_done.set())
+            catalog = fetch_table_catalog(conn, exclude_schemas=set(excluded))
+            split = TableTierSplit(pg.tools(), staging, catalog) if table_tier else None
+            following = pool.submit(split.follow, dump_done) if split else None
             counts = exact_row_counts(conn, excluded)
-            catalog = catalog_hook(conn) if catalog_hook else None
             size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
             full_seconds = full.result()
+            if following is not None:
+                following.result()
         try:
             schema_files = cut_schema_archives(staging, schemas)
         except UnsupportedArchive:
             schema_files = dump_schema_archives(pg, staging, schemas, snapshot)
     full_file = DumpedFile(staging.full_dump.name, staging.full_dump.stat().st_size, full_seconds)
-    return {"snapshot": snapshot, "full": asdict(full_file), "schemas": schema_files, "row_counts": counts,
-            "catalog": catalog, "database_size": size}
+    result = {"snapshot": snapshot, "full": asdict(full_file), "schemas": schema_files, "row_counts": counts,
+              "catalog": catalog.to_json(), "database_size": size}
+    if split is not None:
+        result["tables"] = split.finish()
+    return result
 
 
 def cut_schema_archives(staging: Staging, schemas: list[str]) -> list[dict]:

@@ -13,11 +13,16 @@ from typing import Any
 _CHUNK = 1 << 20
 
 
+def temp_path(final: Path) -> Path:
+    """Where atomic_path writes `final` before publishing it (readers may follow a file being written)."""
+    return final.with_name(f".{final.name}.tmp-{os.getpid()}")
+
+
 @contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
     """Yield a temp path beside `final`; rename it into place only if the block succeeds."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    tmp = temp_path(final)
     try:
         yield tmp
         os.replace(tmp, final)

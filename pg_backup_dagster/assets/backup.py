@@ -1,4 +1,4 @@
-"""The backup assets of one source: roles → full dump + schema dumps (one snapshot) → table files → manifest.
+"""The backup assets of one source: roles → full dump + schema dumps + table files (one snapshot) → manifest.
 
 Each function is a thin Dagster wrapper: the work lives in dumps.py, tiers/ and publish.py; here we validate
 the partition, call the work, and turn what it measured into metadata the UI shows.
@@ -15,7 +15,6 @@ from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.dumps import app_name, dump_full_and_schemas, dump_roles
 from pg_backup_dagster.publish import publish_backup
 from pg_backup_dagster.retention_run import after_publish
-from pg_backup_dagster.table_tier import split_tables
 
 ROLES, FULL, SCHEMAS, TABLES, MANIFEST = "roles_sql", "full_dump", "schema_dumps", "table_dumps", "backup_manifest"
 TIER_ASSETS = (("roles", ROLES), ("full", FULL), ("schema", SCHEMAS), ("table", TABLES))
@@ -28,8 +27,9 @@ def asset_key(source: SourceConfig, name: str) -> dg.AssetKey:
 def build_backup_assets(source: SourceConfig, partitions: dg.DynamicPartitionsDefinition) -> list:
     """The asset definitions of one source's configured tiers, sharing its partitions and resources.
 
-    Only the steps that connect to the source (roles, dumps) take a slot of the source's pool: the per-table
-    split, the checks and the manifest work on files and scratch servers, so they need not wait for it.
+    Only the steps that connect to the source (roles, dumps) take a slot of the source's pool: the checks and the
+    manifest work on files and scratch servers, so they need not wait for it. The per-table tier is split in the
+    dumps step, beside pg_dump, from the archive it is writing (table_tier.py).
     """
     resources = {postgres_key(source), target_key(source)}
     common = {"partitions_def": partitions, "group_name": source.name, "required_resource_keys": resources}
@@ -44,35 +44,36 @@ def build_backup_assets(source: SourceConfig, partitions: dg.DynamicPartitionsDe
         step.staging.save("roles", {"file": dumped.path, "size": dumped.size, "seconds": dumped.seconds})
         return dg.MaterializeResult(metadata=roles_metadata(step.staging, dumped))
 
-    schema_tier = "schema" in source.tiers
+    schema_tier, table_tier = "schema" in source.tiers, "table" in source.tiers
     specs = [dg.AssetSpec(asset_key(source, FULL), kinds={"postgres"},
                           description="Whole database, pg_dump custom format, from the backup's snapshot.")]
     if schema_tier:
         specs.append(dg.AssetSpec(asset_key(source, SCHEMAS), kinds={"postgres"},
                                   description="One custom-format archive per user schema, from the same snapshot."))
+    if table_tier:  # split while pg_dump writes the full archive, so it is made in the same step
+        specs.append(dg.AssetSpec(asset_key(source, TABLES), deps=[asset_key(source, FULL)], kinds={"sql"},
+                                  description="Per-table schema.sql/data.sql/post.sql/fk.sql split from the full "
+                                  "archive while pg_dump writes it."))
 
     @dg.multi_asset(name=f"{source.name}_dumps", specs=specs, **on_source)
     def dumps(context: dg.AssetExecutionContext):
         step = step_context(context, source)
         started = time.monotonic()
         major = step.pg.server_major(app_name(step.backup_id, "full"))
-        result = dump_full_and_schemas(step.pg, step.staging, source.profile, catalog_reader(source), schema_tier)
+        result = dump_full_and_schemas(step.pg, step.staging, source.profile, schema_tier=schema_tier,
+                                       table_tier=table_tier)
         result.update(server_major=major, pg_dump_version=step.pg.tools().version, seconds=time.monotonic() - started)
+        tables = result.pop("tables", None)
         step.staging.save("dumps", result)
         full_meta, schema_meta = dump_metadata(result)
         yield dg.MaterializeResult(asset_key=asset_key(source, FULL), metadata=full_meta)
         if schema_tier:
             yield dg.MaterializeResult(asset_key=asset_key(source, SCHEMAS), metadata=schema_meta)
+        if tables is not None:
+            step.staging.save("tables", tables)
+            yield dg.MaterializeResult(asset_key=asset_key(source, TABLES), metadata=table_tier_metadata(tables))
 
-    @dg.asset(key=asset_key(source, TABLES), deps=[asset_key(source, FULL)], kinds={"sql"},
-              description="Per-table schema.sql/data.sql/post.sql/fk.sql split from the full archive.", **common)
-    def table_dumps(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        step = step_context(context, source)
-        tier = split_tables(step.pg.tools(), step.staging)
-        step.staging.save("tables", tier)
-        return dg.MaterializeResult(metadata=table_tier_metadata(tier))
-
-    chosen = {"roles": roles_sql, "full": dumps, "table": table_dumps}
+    chosen = {"roles": roles_sql, "full": dumps}
     tier_keys = [asset_key(source, name) for tier, name in TIER_ASSETS if tier in source.tiers]
 
     @dg.asset(key=asset_key(source, MANIFEST), deps=tier_keys, kinds={"json"},
@@ -85,11 +86,3 @@ def build_backup_assets(source: SourceConfig, partitions: dg.DynamicPartitionsDe
 
     return [definition for tier, definition in chosen.items() if tier in source.tiers] + [backup_manifest]
 
-
-def catalog_reader(source: SourceConfig):
-    """Read the table catalog inside the snapshot, so table files map to the exact dumped objects."""
-    from pg_backup_dagster.profiles import get_profile
-    from pg_backup_dagster.tiers.catalog import fetch_table_catalog
-
-    excluded = set(get_profile(source.profile).excluded_schemas)
-    return lambda conn: fetch_table_catalog(conn, exclude_schemas=excluded).to_json()

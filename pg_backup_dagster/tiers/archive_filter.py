@@ -21,8 +21,10 @@ from pg_backup_dagster.errors import BackupError
 
 MAGIC = b"PGDMP"
 KNOWN_VERSIONS = {(1, 14), (1, 15), (1, 16)}
-OFFSET_SET, OFFSET_NO_DATA = 2, 3
-DATA_BLOCKS = {1, 3}  # table data, large objects
+OFFSET_NOT_SET, OFFSET_SET, OFFSET_NO_DATA = 1, 2, 3
+BLOCK_TABLE_DATA, BLOCK_LARGE_OBJECTS = 1, 3
+DATA_BLOCKS = {BLOCK_TABLE_DATA, BLOCK_LARGE_OBJECTS}
+COMPRESSION_NONE, COMPRESSION_GZIP = 0, 1  # pg_compress_algorithm; lz4 and zstd are 2 and 3
 _FOLLOWERS = {"COMMENT", "SECURITY LABEL", "ACL"}
 _SESSION = {"ENCODING", "STDSTRINGS", "SEARCHPATH"}  # settings every archive carries
 
@@ -32,7 +34,7 @@ class UnsupportedArchive(Exception):
 
 
 @dataclass
-class _Reader:
+class ArchiveReader:
     stream: BinaryIO
     int_size: int = 4
     off_size: int = 8
@@ -92,6 +94,9 @@ class TocEntry:
     desc: str = ""
     tag: bytes | None = None
     namespace: bytes | None = None
+    catalog_id: int = 0  # pg_class oid of the catalog the object lives in (0 for data entries)
+    oid: int = 0
+    copy_stmt: bytes | None = None
 
 
 @dataclass
@@ -100,35 +105,50 @@ class Archive:
     int_size: int
     off_size: int
     version: tuple[int, int]
+    compression: int = COMPRESSION_GZIP
     entries: list[TocEntry] = field(default_factory=list)
+    toc_end: int = 0
 
 
 def read_archive(path: Path) -> Archive:
     """Read the header and TOC of a custom-format archive."""
     with path.open("rb") as handle:
-        if handle.read(5) != MAGIC:
-            raise UnsupportedArchive("not a custom-format archive")
-        major, minor, _rev, int_size, off_size, fmt = handle.read(6)
-        if (major, minor) not in KNOWN_VERSIONS or fmt != 1:
-            raise UnsupportedArchive(f"archive version {major}.{minor} format {fmt}")
-        reader = _Reader(handle, int_size, off_size)
-        if (major, minor) >= (1, 15):
-            reader.byte()  # compression algorithm
-        else:
-            reader.int()  # compression level
-        for _ in range(7):
-            reader.int()  # creation time
-        for _ in range(3):
-            reader.str()  # database name, server version, pg_dump version
-        header_end = handle.tell()
-        handle.seek(0)
-        archive = Archive(handle.read(header_end), int_size, off_size, (major, minor))
-        count = reader.int()
-        archive.entries = [_read_entry(reader, (major, minor)) for _ in range(count)]
+        return read_toc(handle)
+
+
+def read_toc(handle: BinaryIO) -> Archive:
+    """Read header and TOC from a stream at the archive's start; the stream is left where data blocks begin."""
+    if handle.read(5) != MAGIC:
+        raise UnsupportedArchive("not a custom-format archive")
+    version = handle.read(6)
+    if len(version) != 6:
+        raise UnsupportedArchive("archive ends early")
+    major, minor, _rev, int_size, off_size, fmt = version
+    if (major, minor) not in KNOWN_VERSIONS or fmt != 1:
+        raise UnsupportedArchive(f"archive version {major}.{minor} format {fmt}")
+    reader = ArchiveReader(handle, int_size, off_size)
+    compression = _compression(reader, (major, minor))
+    for _ in range(7):
+        reader.int()  # creation time
+    for _ in range(3):
+        reader.str()  # database name, server version, pg_dump version
+    header_end = handle.tell()
+    handle.seek(0)
+    archive = Archive(handle.read(header_end), int_size, off_size, (major, minor), compression)
+    count = reader.int()
+    archive.entries = [_read_entry(reader, (major, minor)) for _ in range(count)]
+    archive.toc_end = handle.tell()
     return archive
 
 
-def _read_entry(reader: _Reader, version: tuple[int, int]) -> TocEntry:
+def _compression(reader: ArchiveReader, version: tuple[int, int]) -> int:
+    """The compression method: a method byte since 1.15, before that a zlib level (0 meaning none)."""
+    if version >= (1, 15):
+        return reader.byte()
+    return COMPRESSION_GZIP if reader.int() else COMPRESSION_NONE
+
+
+def _read_entry(reader: ArchiveReader, version: tuple[int, int]) -> TocEntry:
     dump_id = reader.int()
     fields: list = [("int", reader.int())]  # had data dumper
     names = ["tableoid", "oid", "tag", "desc"]
@@ -149,7 +169,7 @@ def _read_entry(reader: _Reader, version: tuple[int, int]) -> TocEntry:
         deps.append(int(dep))
     state, offset = reader.offset()
     return TocEntry(dump_id, fields, deps, state, offset, (values["desc"] or b"").decode(), values["tag"],
-                    values["namespace"])
+                    values["namespace"], int(values["tableoid"] or 0), int(values["oid"] or 0), values["copy"])
 
 
 def schema_entries(archive: Archive, schema: str) -> list[TocEntry]:

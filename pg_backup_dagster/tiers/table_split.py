@@ -275,7 +275,7 @@ def _objects_relpath(schema: str | None, late: bool) -> str:
 
 
 @dataclass
-class _Plan:
+class SplitPlan:
     """The requested entries in stream order, each with its file, and the tables in restore order."""
 
     steps: list[tuple[TocEntry, str]]
@@ -283,7 +283,7 @@ class _Plan:
     deferred_start: int
 
 
-def _plan(entries: list[TocEntry], catalog: TableCatalog) -> _Plan:
+def plan_split(entries: list[TocEntry], catalog: TableCatalog) -> SplitPlan:
     """Order the requested entries so each file's entries are contiguous, parents' tables first."""
     attributor = _Attributor(entries, catalog)
     skipped_ids = {e.dump_id for e in entries if e.desc in _SKIPPED}
@@ -314,7 +314,7 @@ def _plan(entries: list[TocEntry], catalog: TableCatalog) -> _Plan:
     main = [s for s in ordered if not _deferred(s[0], by_id)]
     steps = main + [s for s in ordered if _deferred(s[0], by_id)]
     tables = sorted(table_first, key=lambda oid: (catalog.depth(oid), table_first[oid]))
-    return _Plan(steps, [oid for oid in tables if _has_table_entry(buckets, catalog, oid)], len(main))
+    return SplitPlan(steps, [oid for oid in tables if _has_table_entry(buckets, catalog, oid)], len(main))
 
 
 def _deferred(entry: TocEntry, by_id: dict[int, TocEntry]) -> bool:
@@ -340,11 +340,18 @@ def _run_list(archive: Path, pg_restore: str, env: dict[str, str] | None) -> str
     return result.stdout.decode("utf-8", errors="surrogateescape")
 
 
-class _StreamSplitter:
+class StreamSplitter:
     """Consumes the pg_restore stream and writes each requested entry to its file, checking the order."""
 
-    def __init__(self, out_dir: Path, plan: list[tuple[TocEntry, str]], deferred_start: int | None = None) -> None:
+    def __init__(
+        self,
+        out_dir: Path,
+        plan: list[tuple[TocEntry, str]],
+        deferred_start: int | None = None,
+        unterminated: set[str] | None = None,
+    ) -> None:
         self.out_dir = out_dir
+        self.unterminated = unterminated or set()  # files someone else finishes (rows appended later)
         self.plan = plan
         self.deferred_start = len(plan) if deferred_start is None else deferred_start
         self.next_index = 0
@@ -459,12 +466,17 @@ class _StreamSplitter:
         lines += [line for line in self.preamble if setting_name(line) or _SET_CONFIG.match(line)]
         return b"".join(lines) + b"\n"
 
+    def session_lines(self) -> bytes:
+        """The settings in force at the end of the stream, for a file started outside it."""
+        return b"".join(self.session.values())
+
     def file_footer(self) -> bytes:
         return b"\n\\unrestrict " + self.restrict_key + b"\n" if self.restrict_key else b""
 
     def close(self) -> None:
         if self.current is not None:
-            self.current.write(self.file_footer())
+            if self.current_path not in self.unterminated:
+                self.current.write(self.file_footer())
             self.current.close()
             self.current = None
 
@@ -485,7 +497,7 @@ def _write_empty(path: Path, header: bytes, footer: bytes) -> None:
     path.write_bytes(header + footer)
 
 
-def split_archive(
+def split_in_one_pass(
     archive: Path,
     out_dir: Path,
     catalog: TableCatalog,
@@ -493,24 +505,25 @@ def split_archive(
     pg_restore: str,
     env: dict[str, str] | None = None,
 ) -> SplitResult:
-    """Write `{schema}/tables/{table}/{schema,data,post,fk}.sql` and the objects files under out_dir."""
+    """The split as one `pg_restore -L` stream over a finished archive of any format version."""
     archive, out_dir = Path(archive), Path(out_dir)
-    plan = _plan(parse_toc(_run_list(archive, pg_restore, env)), catalog)
+    plan = plan_split(parse_toc(_run_list(archive, pg_restore, env)), catalog)
     out_dir.mkdir(parents=True, exist_ok=True)
-    splitter = _StreamSplitter(out_dir, plan.steps, plan.deferred_start)
+    splitter = StreamSplitter(out_dir, plan.steps, plan.deferred_start)
     try:
-        _stream(archive, plan.steps, splitter, pg_restore, env)
+        stream_entries(archive, plan.steps, splitter, pg_restore, env)
     except BaseException:
         for relpath in splitter.written:  # never leave files that look like a finished split
             (out_dir / relpath).unlink(missing_ok=True)
         raise
-    return _result(out_dir, plan, splitter, catalog)
+    return describe_split(out_dir, plan, splitter.written, splitter.rows, (splitter.file_header(), splitter.file_footer()),
+                          catalog)
 
 
-def _stream(
+def stream_entries(
     archive: Path,
     steps: list[tuple[TocEntry, str]],
-    splitter: _StreamSplitter,
+    splitter: StreamSplitter,
     pg_restore: str,
     env: dict[str, str] | None,
 ) -> None:
@@ -539,9 +552,16 @@ def _stream(
     splitter.finish()
 
 
-def _result(out_dir: Path, plan: _Plan, splitter: _StreamSplitter, catalog: TableCatalog) -> SplitResult:
+def describe_split(
+    out_dir: Path,
+    plan: SplitPlan,
+    written: set[str],
+    rows: dict[str, int],
+    header_footer: tuple[bytes, bytes],
+    catalog: TableCatalog,
+) -> SplitResult:
     """Describe what was written, creating the files a table or schema must always have."""
-    header, footer = splitter.file_header(), splitter.file_footer()
+    header, footer = header_footer
     by_oid = {t.oid: t for t in catalog.tables}
     tables: list[TableDump] = []
     for oid in plan.table_oids:
@@ -549,17 +569,17 @@ def _result(out_dir: Path, plan: _Plan, splitter: _StreamSplitter, catalog: Tabl
         files: dict[str, str] = {}
         for kind in KINDS:
             relpath = _table_relpath(info.schema, info.table, kind)
-            if relpath not in splitter.written and kind in ("schema", "data"):
+            if relpath not in written and kind in ("schema", "data"):
                 _write_empty(out_dir / relpath, header, footer)
-            if relpath in splitter.written or kind in ("schema", "data"):
+            if relpath in written or kind in ("schema", "data"):
                 files[kind] = relpath
         parents = [(by_oid[p].schema, by_oid[p].table) for p in info.parents if p in by_oid]
-        tables.append(TableDump(info.schema, info.table, files, splitter.rows.get(files["data"], 0), parents))
+        tables.append(TableDump(info.schema, info.table, files, rows.get(files["data"], 0), parents))
     return SplitResult(
         tables=tables,
-        schema_objects=_objects_files(out_dir, catalog.schemas, splitter.written, header, footer),
-        global_objects=GLOBAL_OBJECTS if GLOBAL_OBJECTS in splitter.written else None,
-        global_objects_late=GLOBAL_OBJECTS_LATE if GLOBAL_OBJECTS_LATE in splitter.written else None,
+        schema_objects=_objects_files(out_dir, catalog.schemas, written, header, footer),
+        global_objects=GLOBAL_OBJECTS if GLOBAL_OBJECTS in written else None,
+        global_objects_late=GLOBAL_OBJECTS_LATE if GLOBAL_OBJECTS_LATE in written else None,
     )
 
 
