@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import BinaryIO
 
@@ -35,6 +36,8 @@ class UnsupportedArchive(Exception):
 
 @dataclass
 class ArchiveReader:
+    """Reads the archive's integers (a sign byte, then a little-endian magnitude), strings and offsets."""
+
     stream: BinaryIO
     int_size: int = 4
     off_size: int = 8
@@ -52,9 +55,9 @@ class ArchiveReader:
         return data
 
     def int(self) -> int:
-        sign = self.byte()
-        value = int.from_bytes(self.raw(self.int_size), "little")
-        return -value if sign else value
+        data = self.raw(1 + self.int_size)  # one read per integer: a TOC holds hundreds of thousands
+        value = int.from_bytes(data[1:], "little")
+        return -value if data[0] else value
 
     def str(self) -> bytes | None:
         length = self.int()
@@ -97,6 +100,7 @@ class TocEntry:
     catalog_id: int = 0  # pg_class oid of the catalog the object lives in (0 for data entries)
     oid: int = 0
     copy_stmt: bytes | None = None
+    encoded: bytes | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -108,12 +112,33 @@ class Archive:
     compression: int = COMPRESSION_GZIP
     entries: list[TocEntry] = field(default_factory=list)
     toc_end: int = 0
+    size: int = 0  # of the whole file, when read from a finished one
+
+    @cached_property
+    def by_namespace(self) -> dict[bytes | None, list[TocEntry]]:
+        grouped: dict[bytes | None, list[TocEntry]] = {}
+        for entry in self.entries:
+            grouped.setdefault(entry.namespace, []).append(entry)
+        return grouped
+
+    @cached_property
+    def dump_ids(self) -> set[int]:
+        return {e.dump_id for e in self.entries}
+
+    @cached_property
+    def block_ends(self) -> dict[int, int]:
+        """Where each data block ends: at the next block's start, the last one at the end of the file."""
+        starts = sorted(e.offset for e in self.entries if e.offset_state == OFFSET_SET)
+        ends = dict(zip(starts, [*starts[1:], self.size], strict=True))
+        return {e.dump_id: ends[e.offset] for e in self.entries if e.offset_state == OFFSET_SET}
 
 
 def read_archive(path: Path) -> Archive:
     """Read the header and TOC of a custom-format archive."""
     with path.open("rb") as handle:
-        return read_toc(handle)
+        archive = read_toc(handle)
+    archive.size = path.stat().st_size
+    return archive
 
 
 def read_toc(handle: BinaryIO) -> Archive:
@@ -173,29 +198,24 @@ def _read_entry(reader: ArchiveReader, version: tuple[int, int]) -> TocEntry:
 
 
 def schema_entries(archive: Archive, schema: str) -> list[TocEntry]:
-    """What `pg_dump --schema` would hold: the schema, everything in it, and comments on those."""
+    """What `pg_dump --schema` would hold: the schema, everything in it, and comments on those.
+
+    Looked up by namespace, not by scanning the TOC: a many-schema archive is cut once per schema.
+    """
     name = schema.encode()
-    chosen = {e.dump_id for e in archive.entries
-              if e.namespace == name or e.desc in _SESSION
-              or (e.desc == "SCHEMA" and e.tag == name and e.namespace in (None, b""))}
-    chosen |= {e.dump_id for e in archive.entries
-               if e.desc in _FOLLOWERS and not e.namespace and e.deps and set(e.deps) <= chosen}
+    unqualified = archive.by_namespace.get(None, []) + archive.by_namespace.get(b"", [])
+    chosen = {e.dump_id for e in archive.by_namespace.get(name, [])}
+    chosen |= {e.dump_id for e in unqualified if e.desc in _SESSION or (e.desc == "SCHEMA" and e.tag == name)}
+    chosen |= {e.dump_id for e in unqualified if e.desc in _FOLLOWERS and e.deps and set(e.deps) <= chosen}
     return [e for e in archive.entries if e.dump_id in chosen]
-
-
-def _data_block_ends(archive: Archive, size: int) -> dict[int, int]:
-    """Where each data block ends: at the next block's start, the last one at the end of the file."""
-    starts = sorted(e.offset for e in archive.entries if e.offset_state == OFFSET_SET)
-    ends = dict(zip(starts, [*starts[1:], size], strict=True))
-    return {e.dump_id: ends[e.offset] for e in archive.entries if e.offset_state == OFFSET_SET}
 
 
 def write_subset(source: Path, archive: Archive, entries: list[TocEntry], dest: Path) -> None:
     """Write an archive of `entries` (their data blocks copied byte for byte) to dest."""
     if any(e.offset_state not in (OFFSET_SET, OFFSET_NO_DATA) for e in entries):
         raise UnsupportedArchive("data offsets not recorded (archive was written to a pipe)")
-    left_out = {e.dump_id for e in archive.entries} - {e.dump_id for e in entries}
-    ends = _data_block_ends(archive, source.stat().st_size)
+    left_out = archive.dump_ids - {e.dump_id for e in entries}
+    ends = archive.block_ends
     toc = io.BytesIO()
     writer = _Writer(toc, archive.int_size, archive.off_size)
     # TOC size does not depend on the offsets' values, so lay it out once to learn where data begins.
@@ -221,14 +241,24 @@ def _write_toc(writer: _Writer, entries: list[TocEntry], left_out: set[int], off
     writer.int(len(entries))
     for entry in entries:
         writer.int(entry.dump_id)
-        for kind, value in entry.fields:
-            writer.int(value) if kind == "int" else writer.str(value)
+        writer.out.write(_encoded_fields(entry, writer))
         for dep in entry.deps:
             if dep not in left_out:
                 writer.str(str(dep).encode())
         writer.str(None)
         state = entry.offset_state if entry.offset_state == OFFSET_NO_DATA else OFFSET_SET
         writer.out.write(bytes([state]) + offsets.get(entry.dump_id, 0).to_bytes(writer.off_size, "little"))
+
+
+def _encoded_fields(entry: TocEntry, writer: _Writer) -> bytes:
+    """An entry's stored fields, encoded once: a many-schema archive writes each of them more than once."""
+    if entry.encoded is None:
+        buffer = io.BytesIO()
+        field_writer = _Writer(buffer, writer.int_size, writer.off_size)
+        for kind, value in entry.fields:
+            field_writer.int(value) if kind == "int" else field_writer.str(value)
+        entry.encoded = buffer.getvalue()
+    return entry.encoded
 
 
 def _copy_block(src: BinaryIO, out: BinaryIO, entry: TocEntry, end: int, int_size: int) -> None:
