@@ -87,10 +87,11 @@ class _Writer:
 
 @dataclass
 class TocEntry:
-    """One TOC entry as stored: its fields in order, its dependencies, and where its data block starts."""
+    """One TOC entry: where its stored fields lie, its dependencies, where its data block starts, and the few
+    fields the tiers look at. The rest (CREATE and DROP text) is not kept: a TOC can hold 100,000 entries."""
 
     dump_id: int
-    fields: list  # ("int", v) / ("str", v) in storage order, after dump id
+    fields_span: tuple[int, int]  # file positions of the fields between dump id and dependencies
     deps: list[int]
     offset_state: int
     offset: int
@@ -100,7 +101,6 @@ class TocEntry:
     catalog_id: int = 0  # pg_class oid of the catalog the object lives in (0 for data entries)
     oid: int = 0
     copy_stmt: bytes | None = None
-    encoded: bytes | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -113,6 +113,7 @@ class Archive:
     entries: list[TocEntry] = field(default_factory=list)
     toc_end: int = 0
     size: int = 0  # of the whole file, when read from a finished one
+    raw: bytes = b""  # header and TOC as stored, when read from a finished file: fields are copied from it
 
     @cached_property
     def by_namespace(self) -> dict[bytes | None, list[TocEntry]]:
@@ -137,6 +138,8 @@ def read_archive(path: Path) -> Archive:
     """Read the header and TOC of a custom-format archive."""
     with path.open("rb") as handle:
         archive = read_toc(handle)
+        handle.seek(0)
+        archive.raw = handle.read(archive.toc_end)
     archive.size = path.stat().st_size
     return archive
 
@@ -175,25 +178,24 @@ def _compression(reader: ArchiveReader, version: tuple[int, int]) -> int:
 
 def _read_entry(reader: ArchiveReader, version: tuple[int, int]) -> TocEntry:
     dump_id = reader.int()
-    fields: list = [("int", reader.int())]  # had data dumper
-    names = ["tableoid", "oid", "tag", "desc"]
-    values = {}
-    for name in names:
-        values[name] = reader.str()
-        fields.append(("str", values[name]))
-    fields.append(("int", reader.int()))  # section
-    for name in ["defn", "drop", "copy", "namespace", "tablespace", "tableam"]:
-        values[name] = reader.str()
-        fields.append(("str", values[name]))
+    start = reader.stream.tell()
+    reader.int()  # had data dumper
+    values = {name: reader.str() for name in ("tableoid", "oid", "tag", "desc")}
+    reader.int()  # section
+    for name in ("defn", "drop", "copy", "namespace", "tablespace", "tableam"):
+        value = reader.str()
+        if name in ("copy", "namespace"):
+            values[name] = value
     if version >= (1, 16):
-        fields.append(("int", reader.int()))  # relkind
-    fields.append(("str", reader.str()))  # owner
-    fields.append(("str", reader.str()))  # "false" (with oids)
+        reader.int()  # relkind
+    reader.str()  # owner
+    reader.str()  # "false" (with oids)
+    end = reader.stream.tell()
     deps = []
     while (dep := reader.str()) is not None:
         deps.append(int(dep))
     state, offset = reader.offset()
-    return TocEntry(dump_id, fields, deps, state, offset, (values["desc"] or b"").decode(), values["tag"],
+    return TocEntry(dump_id, (start, end), deps, state, offset, (values["desc"] or b"").decode(), values["tag"],
                     values["namespace"], int(values["tableoid"] or 0), int(values["oid"] or 0), values["copy"])
 
 
@@ -214,12 +216,14 @@ def write_subset(source: Path, archive: Archive, entries: list[TocEntry], dest: 
     """Write an archive of `entries` (their data blocks copied byte for byte) to dest."""
     if any(e.offset_state not in (OFFSET_SET, OFFSET_NO_DATA) for e in entries):
         raise UnsupportedArchive("data offsets not recorded (archive was written to a pipe)")
+    if len(archive.raw) != archive.toc_end:
+        raise UnsupportedArchive("the stored TOC was not kept (read the archive with read_archive)")
     left_out = archive.dump_ids - {e.dump_id for e in entries}
     ends = archive.block_ends
     toc = io.BytesIO()
     writer = _Writer(toc, archive.int_size, archive.off_size)
     # TOC size does not depend on the offsets' values, so lay it out once to learn where data begins.
-    _write_toc(writer, entries, left_out, {e.dump_id: 0 for e in entries})
+    _write_toc(writer, archive.raw, entries, left_out, {e.dump_id: 0 for e in entries})
     position = len(archive.header) + toc.tell()
     new_offsets = {}
     for entry in entries:
@@ -227,7 +231,7 @@ def write_subset(source: Path, archive: Archive, entries: list[TocEntry], dest: 
             new_offsets[entry.dump_id] = position
             position += ends[entry.dump_id] - entry.offset
     toc = io.BytesIO()
-    _write_toc(_Writer(toc, archive.int_size, archive.off_size), entries, left_out, new_offsets)
+    _write_toc(_Writer(toc, archive.int_size, archive.off_size), archive.raw, entries, left_out, new_offsets)
     with source.open("rb") as src, dest.open("wb") as out:
         out.write(archive.header)
         out.write(toc.getvalue())
@@ -236,29 +240,22 @@ def write_subset(source: Path, archive: Archive, entries: list[TocEntry], dest: 
                 _copy_block(src, out, entry, ends[entry.dump_id], archive.int_size)
 
 
-def _write_toc(writer: _Writer, entries: list[TocEntry], left_out: set[int], offsets: dict[int, int]) -> None:
-    """The TOC of `entries`; dependencies on entries left out are dropped, others kept as pg_dump wrote them."""
+def _write_toc(
+    writer: _Writer, raw: bytes, entries: list[TocEntry], left_out: set[int], offsets: dict[int, int]
+) -> None:
+    """The TOC of `entries`, fields copied as pg_dump stored them; dependencies on entries left out are dropped."""
     writer.int(len(entries))
+    stored = memoryview(raw)
     for entry in entries:
         writer.int(entry.dump_id)
-        writer.out.write(_encoded_fields(entry, writer))
+        start, end = entry.fields_span
+        writer.out.write(stored[start:end])
         for dep in entry.deps:
             if dep not in left_out:
                 writer.str(str(dep).encode())
         writer.str(None)
         state = entry.offset_state if entry.offset_state == OFFSET_NO_DATA else OFFSET_SET
         writer.out.write(bytes([state]) + offsets.get(entry.dump_id, 0).to_bytes(writer.off_size, "little"))
-
-
-def _encoded_fields(entry: TocEntry, writer: _Writer) -> bytes:
-    """An entry's stored fields, encoded once: a many-schema archive writes each of them more than once."""
-    if entry.encoded is None:
-        buffer = io.BytesIO()
-        field_writer = _Writer(buffer, writer.int_size, writer.off_size)
-        for kind, value in entry.fields:
-            field_writer.int(value) if kind == "int" else field_writer.str(value)
-        entry.encoded = buffer.getvalue()
-    return entry.encoded
 
 
 def _copy_block(src: BinaryIO, out: BinaryIO, entry: TocEntry, end: int, int_size: int) -> None:
