@@ -129,6 +129,7 @@ def measure_dataset(
     rounds: dict[str, list[dict]] = {name: [] for name in measurements}
     for round_no in range(repeats):
         for name, measure in measurements.items():
+            baselines.checkpoint(source_server.dsn(), restore_server.dsn())
             rounds[name].append(measure())
             if not expected:  # after the first dump: the counts every restore check compares with
                 expected = ours.expected_counts(dsn)
