@@ -37,10 +37,10 @@ def _memory(process: psutil.Process) -> tuple[str, int, int]:
     return process.name(), info.rss, getattr(info, "pss", info.rss)
 
 
-def _tree_memory() -> list[tuple[str, int, int]]:
-    """(name, rss, pss) of this process first, then of each live descendant."""
+def _tree_memory(include_self: bool = True) -> list[tuple[str, int, int]]:
+    """(name, rss, pss) of this process first (unless left out), then of each live descendant."""
     me = psutil.Process()
-    found = [_memory(me)]
+    found = [_memory(me)] if include_self else []
     for child in me.children(recursive=True):
         try:
             found.append(_memory(child))
@@ -50,21 +50,23 @@ def _tree_memory() -> list[tuple[str, int, int]]:
 
 
 @contextmanager
-def measured(interval: float = 0.05) -> Iterator[Sample]:
+def measured(interval: float = 0.05, include_self: bool = True) -> Iterator[Sample]:
     """Time the block and sample memory of the process tree every `interval` seconds in a background thread.
 
     Servers started with pg_ctl detach from our tree, so PostgreSQL's own memory is not counted; pg_dump,
-    pg_restore, psql and Dagster's helper processes are.
+    pg_restore, psql and Dagster's helper processes are. include_self=False counts only the descendants (a
+    job run in a child process); peak_python_rss_mb is then the largest descendant's RSS.
     """
     sample = Sample()
     stop = threading.Event()
 
     def poll() -> None:
         while True:
-            tree = _tree_memory()
+            tree = _tree_memory(include_self)
             pss = sum(p for _, _, p in tree) / MB
             sample.peak_rss_mb = max(sample.peak_rss_mb, sum(r for _, r, _ in tree) / MB)
-            sample.peak_python_rss_mb = max(sample.peak_python_rss_mb, tree[0][1] / MB)
+            python_rss = tree[0][1] if include_self else max((r for _, r, _ in tree), default=0)
+            sample.peak_python_rss_mb = max(sample.peak_python_rss_mb, python_rss / MB)
             if pss > sample.peak_pss_mb:
                 sample.peak_pss_mb = pss
                 sample.peak_processes = [f"{name} {p / MB:.0f} MB" for name, _, p in tree]

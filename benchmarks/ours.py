@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -21,12 +24,12 @@ from pg_backup_dagster.definitions import build_definitions
 from pg_backup_dagster.dumps import exact_pattern, exact_row_counts
 from pg_backup_dagster.partitions import backups_partitions_def
 from pg_backup_dagster.pgtools import PgTools
-from pg_backup_dagster.runner import run_backup
 from pg_backup_dagster.tiers.catalog import fetch_table_catalog
 from pg_backup_dagster.tiers.live_split import split_archive
 from pg_backup_dagster.verification import restore_and_compare
 
 DSN_ENV = "PGBD_BENCH_SOURCE_DSN"
+REPO_ROOT = Path(__file__).resolve().parents[1]
 TIER_ASSETS = (ROLES, FULL, SCHEMAS, TABLES)
 TIERS_ONLY_JOB = "bench_tiers_only"
 _ids = count()
@@ -62,7 +65,7 @@ def _unique_backup_id() -> str:
     return new_backup_id(datetime.now(UTC) + timedelta(seconds=next(_ids)))
 
 
-def _step_seconds(instance: dg.DagsterInstance, run_id: str) -> dict[str, float]:
+def step_seconds(instance: dg.DagsterInstance, run_id: str) -> dict[str, float]:
     records = instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_SUCCESS)
     return {r.dagster_event.step_key: round(r.dagster_event.event_specific_data.duration_ms / 1000, 3) for r in records}
 
@@ -76,15 +79,7 @@ def run_job(source: SourceConfig, dsn: str, instance: dg.DagsterInstance, *, che
     os.environ[DSN_ENV] = dsn
     backup_id = _unique_backup_id()
     if checks:
-        with measured() as sample:
-            outcome = run_backup(source, [source], instance, backup_id=backup_id, log_level="ERROR")
-        return JobRun(
-            sample,
-            outcome.success,
-            _step_seconds(instance, outcome.run_id),
-            {name: passed for name, (passed, _) in outcome.checks.items()},
-            outcome.errors,
-        )
+        return _run_job_in_fresh_process(source, instance, backup_id)
     with measured() as sample:
         defs = dg.Definitions.merge(build_definitions([source]), dg.Definitions(jobs=[tiers_only_job(source)]))
         instance.add_dynamic_partitions(source.partitions_name, [backup_id])
@@ -96,7 +91,19 @@ def run_job(source: SourceConfig, dsn: str, instance: dg.DagsterInstance, *, che
         )
     evaluations = result.get_asset_check_evaluations()
     errors = [] if not evaluations else [f"{len(evaluations)} checks ran although none were selected"]
-    return JobRun(sample, result.success and not evaluations, _step_seconds(instance, result.run_id), {}, errors)
+    return JobRun(sample, result.success and not evaluations, step_seconds(instance, result.run_id), {}, errors)
+
+
+def _run_job_in_fresh_process(source: SourceConfig, instance: dg.DagsterInstance, backup_id: str) -> JobRun:
+    """`runner.run_backup` (what the CLI runs) in a child process; only the child's process tree is sampled."""
+    home = Path(os.environ["DAGSTER_HOME"])
+    argv = [sys.executable, "-m", "benchmarks.job_process", str(home), source.target, backup_id]
+    with measured(include_self=False) as sample:
+        result = subprocess.run(argv, capture_output=True, text=True, check=False, cwd=REPO_ROOT)
+    if result.returncode != 0:
+        return JobRun(sample, False, errors=[result.stderr.strip()[-500:]])
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    return JobRun(sample, outcome["success"], outcome["steps"], outcome["checks"], outcome["errors"])
 
 
 def tiers_only_job(source: SourceConfig) -> dg.UnresolvedAssetJobDefinition:

@@ -85,7 +85,7 @@ class _Writer:
             self.out.write(value)
 
 
-@dataclass
+@dataclass(slots=True)
 class TocEntry:
     """One TOC entry: where its stored fields lie, its dependencies, where its data block starts, and the few
     fields the tiers look at. The rest (CREATE and DROP text) is not kept: a TOC can hold 100,000 entries."""

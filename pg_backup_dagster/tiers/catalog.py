@@ -78,7 +78,7 @@ WHERE {SYSTEM_SCHEMA_FILTER}
 """
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TableInfo:
     """One user table (relkind r or p), with the tables it inherits from or is a partition of."""
 

@@ -104,19 +104,38 @@ def split_entries(archive: Archive) -> list[TocEntry]:
     ]
 
 
+@dataclass(frozen=True, slots=True)
+class _TableRows:
+    """Where one TABLE DATA entry's rows go, and the COPY statement that loads them."""
+
+    relpath: str
+    oid: int
+    copy_stmt: bytes
+
+
 @dataclass
 class _Passes:
-    """The plan cut three ways: rows from blocks, text from the TOC alone, text needing other data blocks."""
+    """The plan cut three ways: rows from blocks, text from the TOC alone, text needing other data blocks.
 
-    table_data: dict[int, str]  # TABLE DATA dump id -> its data.sql
+    Only this is kept while the rows are copied, not the parsed TOC (a TOC can hold 100,000 entries).
+    """
+
+    table_data: dict[int, _TableRows]  # by TABLE DATA dump id
     toc_only: SplitPlan
     after_dump: SplitPlan
+    int_size: int
+    off_size: int
+    compression: int
+    toc_end: int
 
 
 def _passes(plan: SplitPlan, archive: Archive) -> _Passes:
     by_id = {e.dump_id: e for e in archive.entries}
-    table_data = {e.dump_id: relpath for e, relpath in plan.steps if e.desc == "TABLE DATA"}
-    if any(not by_id[dump_id].copy_stmt for dump_id in table_data):
+    table_data = {
+        e.dump_id: _TableRows(relpath, by_id[e.dump_id].oid, by_id[e.dump_id].copy_stmt or b"")
+        for e, relpath in plan.steps if e.desc == "TABLE DATA"
+    }
+    if any(not rows.copy_stmt for rows in table_data.values()):
         raise UnsupportedArchive("table data without a COPY statement (dumped with --inserts?)")
     needs_blocks = {
         relpath for e, relpath in plan.steps
@@ -131,7 +150,20 @@ def _passes(plan: SplitPlan, archive: Archive) -> _Passes:
         table_data,
         subset(lambda s: s[1] not in needs_blocks and s[0].dump_id not in table_data),
         subset(lambda s: s[1] in needs_blocks),
+        archive.int_size,
+        archive.off_size,
+        archive.compression,
+        archive.toc_end,
     )
+
+
+def _read_plan(stream: GrowingFile, catalog: TableCatalog) -> tuple[SplitPlan, _Passes]:
+    """Read the TOC as soon as pg_dump has written it and plan every file; the parsed TOC is dropped here."""
+    archive = read_toc(stream)
+    if archive.compression not in (COMPRESSION_NONE, COMPRESSION_GZIP):
+        raise UnsupportedArchive(f"compression method {archive.compression}")
+    plan = plan_split(split_entries(archive), catalog)
+    return plan, _passes(plan, archive)
 
 
 @dataclass
@@ -151,15 +183,11 @@ class LiveSplit:
     def follow(self, archive_path: Path, writer_done: threading.Event) -> None:
         """Split everything but large objects: the TOC's text as soon as it is on disk, then each table's rows."""
         with GrowingFile(archive_path, writer_done) as stream:
-            archive = read_toc(stream)
-            if archive.compression not in (COMPRESSION_NONE, COMPRESSION_GZIP):
-                raise UnsupportedArchive(f"compression method {archive.compression}")
-            self._plan = plan_split(split_entries(archive), self.catalog)
-            self._passes = _passes(self._plan, archive)
+            self._plan, self._passes = _read_plan(stream, self.catalog)
             self.out_dir.mkdir(parents=True, exist_ok=True)
             try:
-                self._split_toc_text(archive, stream)
-                self._split_rows(archive, stream)
+                self._split_toc_text(stream)
+                self._split_rows(stream)
             except BaseException:
                 self.discard()
                 raise
@@ -183,13 +211,13 @@ class LiveSplit:
         for relpath in self.written:
             (self.out_dir / relpath).unlink(missing_ok=True)
 
-    def _split_toc_text(self, archive: Archive, stream: GrowingFile) -> None:
+    def _split_toc_text(self, stream: GrowingFile) -> None:
         """pg_restore over header + TOC only; data.sql files stay open for their rows (no footer yet)."""
         assert self._passes is not None
         early = self._passes.toc_only
         position = stream.tell()
         stream.seek(0)
-        toc = stream.read(archive.toc_end)
+        toc = stream.read(self._passes.toc_end)
         stream.seek(position)
         self._splitter = StreamSplitter(
             self.out_dir, early.steps, early.deferred_start, unterminated=set(self._passes.table_data.values())
@@ -203,12 +231,11 @@ class LiveSplit:
                 self.written |= self._splitter.written
         self.rows.update(self._splitter.rows)
 
-    def _split_rows(self, archive: Archive, stream: GrowingFile) -> None:
+    def _split_rows(self, stream: GrowingFile) -> None:
         """Read data blocks in the order pg_dump writes them; every table's block must come exactly once."""
         assert self._passes is not None and self._splitter is not None
-        by_id = {e.dump_id: e for e in archive.entries}
         wanted = self._passes.table_data
-        reader = ArchiveReader(stream, archive.int_size, archive.off_size)
+        reader = ArchiveReader(stream, self._passes.int_size, self._passes.off_size)
         seen: set[int] = set()
         try:
             while block := stream.read(1):
@@ -217,7 +244,7 @@ class LiveSplit:
                     if dump_id in seen:
                         raise BackupError(f"full archive holds the data of TOC entry {dump_id} twice")
                     seen.add(dump_id)
-                    self._write_table_rows(reader, by_id[dump_id], wanted[dump_id], archive.compression)
+                    self._write_table_rows(reader, dump_id, wanted[dump_id], self._passes.compression)
                 elif block[0] in (BLOCK_TABLE_DATA, BLOCK_LARGE_OBJECTS):
                     _skip_block(reader, block[0])
                 else:
@@ -228,9 +255,10 @@ class LiveSplit:
         if missing:
             raise BackupError(f"full archive has no data for TOC entries {missing[:5]}: the per-table split is incomplete")
 
-    def _write_table_rows(self, reader: ArchiveReader, entry, relpath: str, compression: int) -> None:
+    def _write_table_rows(self, reader: ArchiveReader, dump_id: int, table: _TableRows, compression: int) -> None:
         """Append one table's COPY statement and rows to its data.sql, then close it with the footer."""
         assert self._splitter is not None
+        relpath = table.relpath
         path = self.out_dir / relpath
         started = relpath in self.written
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -240,8 +268,8 @@ class LiveSplit:
         with path.open("ab" if started else "wb") as out:
             if not started:
                 out.write(self._splitter.file_header() + self._splitter.session_lines())
-            out.write(b"\n--\n-- TOC entry %d (class 0 OID %d)\n-- Type: TABLE DATA\n--\n\n" % (entry.dump_id, entry.oid))
-            out.write(entry.copy_stmt)
+            out.write(b"\n--\n-- TOC entry %d (class 0 OID %d)\n-- Type: TABLE DATA\n--\n\n" % (dump_id, table.oid))
+            out.write(table.copy_stmt)
             while size := reader.int():
                 chunk = reader.raw(size)
                 data = inflate.decompress(chunk) if inflate else chunk
@@ -254,9 +282,9 @@ class LiveSplit:
                 newlines += rest.count(b"\n")
                 tail = (tail + rest)[-len(COPY_END):]
                 if not inflate.eof:
-                    raise BackupError(f"full archive: data of TOC entry {entry.dump_id} is a truncated zlib stream")
+                    raise BackupError(f"full archive: data of TOC entry {dump_id} is a truncated zlib stream")
             if tail != COPY_END:
-                raise BackupError(f"full archive: data of TOC entry {entry.dump_id} does not end with COPY's end line")
+                raise BackupError(f"full archive: data of TOC entry {dump_id} does not end with COPY's end line")
             out.write(self._splitter.file_footer())
         self.rows[relpath] = self.rows.get(relpath, 0) + newlines - COPY_END.count(b"\n")
 

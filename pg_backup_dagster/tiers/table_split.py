@@ -128,7 +128,7 @@ class SplitResult:
     global_objects_late: str | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class TocEntry:
     """One line of `pg_restore -l -v`, with the ids it depends on."""
 
@@ -165,7 +165,7 @@ def _desc_of(rest: str, classid: int) -> str:
     return rest.split(" ", 1)[0]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Target:
     """Where an entry goes: a table's file of some kind, a schema's / the global objects file, or nowhere."""
 
