@@ -89,7 +89,7 @@ def measure_dataset(
     source = ours.bench_source(work / "target")
     schemas = [schema_name(i) for i in range(spec.schemas)]
     workers = max(1, source.max_connections - 1)
-    expected: list[dict] = []
+    expected = ours.expected_counts(dsn)  # the counts every restore check compares with (a static database)
 
     def bare_dump() -> dict:
         return {**baselines.bare_dump(tools, dsn, archive).as_dict(), "bytes": archive.stat().st_size}
@@ -128,11 +128,10 @@ def measure_dataset(
     }
     rounds: dict[str, list[dict]] = {name: [] for name in measurements}
     for round_no in range(repeats):
-        for name, measure in measurements.items():
+        order = list(measurements) if round_no % 2 == 0 else list(reversed(measurements))  # no fixed first place
+        for name in order:
             baselines.checkpoint(source_server.dsn(), restore_server.dsn())
-            rounds[name].append(measure())
-            if not expected:  # after the first dump: the counts every restore check compares with
-                expected = ours.expected_counts(dsn)
+            rounds[name].append(measurements[name]())
         log(f"  round {round_no + 1}: " + ", ".join(f"{n} {r[-1]['seconds']:.1f}s" for n, r in rounds.items()))
     results: dict = {}
     for name, runs in rounds.items():
