@@ -261,7 +261,7 @@ class LiveSplit:
         relpath = table.relpath
         path = self.out_dir / relpath
         started = relpath in self.written
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self._splitter.ensure_dir(path.parent)
         self.written.add(relpath)
         inflate = zlib.decompressobj() if compression == COMPRESSION_GZIP else None
         newlines, tail = 0, b""

