@@ -137,7 +137,7 @@ def dump_full_and_schemas(
             schema_files = dump_schema_archives(pg, staging, schemas, snapshot)
     full_file = DumpedFile(staging.full_dump.name, staging.full_dump.stat().st_size, full_seconds)
     result = {"snapshot": snapshot, "full": asdict(full_file), "schemas": schema_files, "row_counts": counts,
-              "catalog": catalog.to_json(), "database_size": size}
+              "database_size": size}
     if split is not None:
         result["tables"] = split.finish()
     return result

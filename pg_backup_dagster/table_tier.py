@@ -41,7 +41,6 @@ class TableTierSplit:
     def follow(self, dump_done: threading.Event) -> None:
         """Split while pg_dump writes its temp file; an archive the splitter does not read waits for `finish`."""
         clear_table_outputs(self.staging)
-        self.started = time.monotonic()
         assert self.live is not None
         try:
             self.live.follow(temp_path(self.staging.full_dump), dump_done)

@@ -7,11 +7,9 @@ alike. This catalog maps (catalog oid, object oid) to the owning table or schema
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import psycopg
 
-FORMAT_VERSION = 1
 PG_CLASS = 1259  # fixed oids of system catalogs, the same on every PostgreSQL version
 SYSTEM_SCHEMA_FILTER = """
     n.nspname NOT IN ('pg_catalog', 'information_schema')
@@ -137,42 +135,6 @@ class TableCatalog:
             cache = {t.oid: t for t in self.tables}
             self.__dict__["_oid_cache"] = cache
         return cache
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT_VERSION,
-            "schemas": list(self.schemas),
-            "tables": [
-                {
-                    "schema": t.schema,
-                    "table": t.table,
-                    "relkind": t.relkind,
-                    "oid": t.oid,
-                    "parents": list(t.parents),
-                }
-                for t in self.tables
-            ],
-            "owners": dict(self.owners),
-            "namespaces": dict(self.namespaces),
-            "excluded_schemas": list(self.excluded_schemas),
-            "excluded_tables": list(self.excluded_tables),
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> TableCatalog:
-        if data.get("format") != FORMAT_VERSION:
-            raise ValueError(f"unsupported table catalog format {data.get('format')!r}")
-        return cls(
-            schemas=list(data["schemas"]),
-            tables=[
-                TableInfo(t["schema"], t["table"], t["relkind"], int(t["oid"]), tuple(int(p) for p in t["parents"]))
-                for t in data["tables"]
-            ],
-            owners={k: int(v) for k, v in data["owners"].items()},
-            namespaces=dict(data["namespaces"]),
-            excluded_schemas=list(data.get("excluded_schemas", [])),
-            excluded_tables=[int(o) for o in data.get("excluded_tables", [])],
-        )
 
 
 def fetch_table_catalog(conn: psycopg.Connection, exclude_schemas: set[str] | None = None) -> TableCatalog:

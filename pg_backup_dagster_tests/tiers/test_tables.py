@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import subprocess
@@ -109,9 +108,8 @@ def hostile_split(pg18: LocalPostgres, tools: PgTools, tmp_path_factory: pytest.
     return source, catalog, archive, work / "out", result
 
 
-def test_catalog_round_trips_through_json(hostile_split) -> None:
+def test_catalog_holds_the_hostile_schemas(hostile_split) -> None:
     _, catalog, *_ = hostile_split
-    assert TableCatalog.from_json(json.loads(json.dumps(catalog.to_json()))) == catalog
     assert {"new\nline", 'we"ird.sch/ema', "..", "case", "CASE"} <= set(catalog.schemas)
 
 
