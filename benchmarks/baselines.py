@@ -11,9 +11,9 @@ import psycopg
 from psycopg import sql
 
 from benchmarks.measure import Sample, measured
-from pg_backup_dagster.conninfo import split_password
-from pg_backup_dagster.dumps import exact_pattern
-from pg_backup_dagster.pgtools import PgTools
+from pg_backup_dagster.backup.dumps import exact_pattern
+from pg_backup_dagster.pg.conninfo import split_password
+from pg_backup_dagster.pg.tools import PgTools
 
 COMPRESSIONS = ("gzip", "gzip:1", "zstd", "lz4", "none")
 PER_OBJECT_WORKERS = 8

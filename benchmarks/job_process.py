@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from benchmarks.ours import bench_source, step_seconds
-from pg_backup_dagster.runner import open_instance, run_backup
+from pg_backup_dagster.defs.run import open_instance, run_backup
 
 
 def main(argv: list[str]) -> int:

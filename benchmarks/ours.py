@@ -17,16 +17,16 @@ import psycopg
 
 from benchmarks.baselines import run_pg_tool
 from benchmarks.measure import Sample, measured
-from pg_backup_dagster.assets.backup import FULL, ROLES, SCHEMAS, TABLES, asset_key
-from pg_backup_dagster.backup_id import new_backup_id
+from pg_backup_dagster.backup.backup_id import new_backup_id
+from pg_backup_dagster.backup.dumps import exact_pattern, exact_row_counts
 from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.definitions import build_definitions
-from pg_backup_dagster.dumps import exact_pattern, exact_row_counts
-from pg_backup_dagster.partitions import backups_partitions_def
-from pg_backup_dagster.pgtools import PgTools
+from pg_backup_dagster.defs.assets import FULL, ROLES, SCHEMAS, TABLES, asset_key
+from pg_backup_dagster.defs.partitions import backups_partitions_def
+from pg_backup_dagster.pg.tools import PgTools
 from pg_backup_dagster.tiers.catalog import fetch_table_catalog
 from pg_backup_dagster.tiers.live_split import split_archive
-from pg_backup_dagster.verification import restore_and_compare
+from pg_backup_dagster.verify.test_restore import restore_and_compare
 
 DSN_ENV = "PGBD_BENCH_SOURCE_DSN"
 REPO_ROOT = Path(__file__).resolve().parents[1]

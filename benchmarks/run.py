@@ -23,9 +23,9 @@ import psycopg
 from benchmarks import baselines, ours
 from benchmarks.dataset import DatasetSpec, create_dataset, schema_name, table_name
 from benchmarks.report import draw_plot, format_table, ratios, write_json
-from pg_backup_dagster.local_server import ephemeral_server
-from pg_backup_dagster.pgtools import PgTools, find_tools
-from pg_backup_dagster.runner import open_instance
+from pg_backup_dagster.defs.run import open_instance
+from pg_backup_dagster.pg.local_server import ephemeral_server
+from pg_backup_dagster.pg.tools import PgTools, find_tools
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 

@@ -7,17 +7,19 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from dagster._utils.schedules import is_valid_cron_string
+from cronsim import CronSim, CronSimError
 from psycopg.conninfo import conninfo_to_dict
 
 from pg_backup_dagster.errors import BackupError
-from pg_backup_dagster.retention import RetentionPolicy
+from pg_backup_dagster.retention.policy import RetentionPolicy
 
 SOURCE_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
 PROFILES = ("plain", "supabase")
@@ -64,7 +66,7 @@ class SourceConfig:
         _check(not unknown_tiers, "tiers", f"unknown tier {unknown_tiers[0]!r}" if unknown_tiers else "")
         _check("full" in self.tiers, "tiers", "must include 'full' (the other tiers and the restore check use it)")
         if self.schedule is not None:
-            _check(is_valid_cron_string(self.schedule), "schedule", f"{self.schedule!r} is not a cron expression")
+            _check(_is_cron(self.schedule), "schedule", f"{self.schedule!r} is not a cron expression")
         _check(_is_timezone(self.timezone), "timezone", f"{self.timezone!r} is not an IANA time zone")
         if self.dsn is not None:
             _check(not _has_password(self.dsn), "dsn", "must not contain a password: use dsn_env or PGPASSFILE")
@@ -76,6 +78,25 @@ class SourceConfig:
     @property
     def pool(self) -> str:
         return f"pg_backup_{self.name}"
+
+
+CRON_ALIASES = {
+    "@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *", "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@hourly": "0 * * * *",
+}
+
+
+def cron_ticks(cron: str, timezone: str, start: datetime) -> Iterator[datetime]:
+    """The schedule's ticks after `start`, in its time zone (the aliases Dagster accepts included)."""
+    return CronSim(CRON_ALIASES.get(cron, cron), start.astimezone(ZoneInfo(timezone)))
+
+
+def _is_cron(cron: str) -> bool:
+    try:
+        CronSim(CRON_ALIASES.get(cron, cron), datetime(2000, 1, 1))
+    except CronSimError:
+        return False
+    return True
 
 
 def _is_timezone(name: str) -> bool:

@@ -1,35 +1,21 @@
-"""The one Definitions object of this code location, built from the configured sources."""
+"""The one Definitions object of this code location, built from the configured sources when Dagster asks.
+
+`defs` is lazy (`@dg.definitions`): importing this module reads no config and builds nothing, so the CLI and
+tests that only need `build_definitions` do not pay for the whole location twice.
+"""
 
 from __future__ import annotations
 
 import dagster as dg
 
-from pg_backup_dagster.assets import build_backup_assets
-from pg_backup_dagster.assets.context import postgres_key, target_key
-from pg_backup_dagster.checks import build_backup_checks
 from pg_backup_dagster.config import SourceConfig, load_sources
-from pg_backup_dagster.jobs import build_backup_job
-from pg_backup_dagster.maintenance_job import build_retention_job
-from pg_backup_dagster.partitions import backups_partitions_def
-from pg_backup_dagster.resources import BackupTargetResource, PostgresResource
-from pg_backup_dagster.restore_job import build_restore_job
-from pg_backup_dagster.schedules import build_schedules, with_freshness
-from pg_backup_dagster.sensors import build_sensors
-
-
-def source_resources(source: SourceConfig, dsn: str | None = None) -> dict[str, dg.ConfigurableResource]:
-    """The database and target of one source; the DSN stays an EnvVar until a run needs it."""
-    dsn = dsn or (source.dsn if source.dsn is not None else dg.EnvVar(source.dsn_env))
-    return {
-        postgres_key(source): PostgresResource(
-            dsn=dsn, source=source.name, max_connections=source.max_connections,
-            retry_attempts=source.retry_attempts, retry_max_wait=source.retry_max_wait, pg_bin=source.pg_bin,
-        ),
-        target_key(source): BackupTargetResource(
-            url=source.target, sse=source.sse, kms_key_id=source.kms_key_id, storage_class=source.storage_class,
-            age_recipients=list(source.age_recipients), part_size=source.part_size,
-        ),
-    }
+from pg_backup_dagster.defs.assets import build_backup_assets
+from pg_backup_dagster.defs.checks import build_backup_checks
+from pg_backup_dagster.defs.jobs import build_backup_job, build_restore_job, build_retention_job
+from pg_backup_dagster.defs.partitions import backups_partitions_def
+from pg_backup_dagster.defs.resources import source_resources
+from pg_backup_dagster.defs.schedules import build_schedules, with_freshness
+from pg_backup_dagster.defs.sensors import build_sensors
 
 
 def build_definitions(sources: list[SourceConfig]) -> dg.Definitions:
@@ -47,4 +33,7 @@ def build_definitions(sources: list[SourceConfig]) -> dg.Definitions:
     )
 
 
-defs = build_definitions(load_sources())
+@dg.definitions
+def defs() -> dg.Definitions:
+    """The code location Dagster loads (workspace.yaml, `dg dev`): every configured source."""
+    return build_definitions(load_sources())

@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pg_backup_dagster.local_server import LocalPostgres
+from pg_backup_dagster.pg.local_server import LocalPostgres
 from pg_backup_dagster_tests.storage.conftest import bucket, moto_endpoint, s3_client, s3_env  # noqa: F401 (moto)
 
 PG15_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -71,8 +71,8 @@ def load_sql_file(dsn: str, path: Path) -> None:
     """Load a SQL file with psql (it may hold psql meta-commands), stopping at the first error."""
     import subprocess
 
-    from pg_backup_dagster.conninfo import split_password
-    from pg_backup_dagster.pgtools import find_tools
+    from pg_backup_dagster.pg.conninfo import split_password
+    from pg_backup_dagster.pg.tools import find_tools
 
     safe, env = split_password(dsn)
     subprocess.run([find_tools().path("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", safe, "-f", str(path)],

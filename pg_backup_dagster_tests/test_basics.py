@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pg_backup_dagster.backup_id import new_backup_id, parse_backup_id, validate_backup_id
+from pg_backup_dagster.backup.backup_id import new_backup_id, parse_backup_id, validate_backup_id
 from pg_backup_dagster.config import load_config_file, load_sources
 from pg_backup_dagster.errors import BackupError, redact, register_secret
-from pg_backup_dagster.paths import decode_segment, encode_segment
+from pg_backup_dagster.tiers.paths import decode_segment, encode_segment
 
 
 def test_backup_id_is_utc_and_round_trips():
@@ -83,7 +83,7 @@ def test_bad_config_names_the_field(tmp_path, body, field):
 
 
 def test_table_check_sample_is_reproducible_and_brings_parents():
-    from pg_backup_dagster.checks.verify_tiers import sample_tables
+    from pg_backup_dagster.verify.tiers import sample_tables
 
     tables = [{"schema": "s", "table": f"t{i:03d}", "after": []} for i in range(100)]
     tables += [{"schema": "s", "table": f"part{i}", "after": [["s", "t000"]]} for i in range(50)]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from pg_backup_dagster.pgtools import find_tools
+from pg_backup_dagster.pg.tools import find_tools
 from pg_backup_dagster_tests.conftest import create_database, table_fingerprints
 from pg_backup_dagster_tests.restore_helpers import back_up, cli, hostile_database, run_every_table
 

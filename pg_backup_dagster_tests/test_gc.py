@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from pg_backup_dagster.cli import app
 from pg_backup_dagster.config import SourceConfig
-from pg_backup_dagster.runner import run_backup
+from pg_backup_dagster.defs.run import run_backup
 from pg_backup_dagster.storage import open_storage
 from pg_backup_dagster_tests.conftest import create_database
 

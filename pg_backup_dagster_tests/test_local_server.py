@@ -11,14 +11,14 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pg_backup_dagster.local_server import (
+from pg_backup_dagster.pg.local_server import (
     SERVER_USER,
     LocalPostgres,
     _tree_digests,
     ephemeral_server,
     template_dir,
 )
-from pg_backup_dagster.pgtools import server_programs_dir
+from pg_backup_dagster.pg.tools import server_programs_dir
 
 
 @pytest.fixture

@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from pg_backup_dagster.config import SourceConfig, load_sources
+from pg_backup_dagster.defs.instance import BASE_CONFIG, PG_URL_ENV, ensure_instance_config, pool_limit, set_pool_limits
+from pg_backup_dagster.defs.run import open_instance
 from pg_backup_dagster.errors import BackupError
-from pg_backup_dagster.instance import BASE_CONFIG, PG_URL_ENV, ensure_instance_config, pool_limit, set_pool_limits
-from pg_backup_dagster.runner import open_instance
 from pg_backup_dagster.storage import open_storage
 from pg_backup_dagster_tests.conftest import create_database
 

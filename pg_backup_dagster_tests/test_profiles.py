@@ -18,9 +18,8 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pg_backup_dagster.errors import BackupError
-from pg_backup_dagster.local_server import LocalPostgres, ephemeral_server
-from pg_backup_dagster.pgtools import find_tools
-from pg_backup_dagster.profiles import (
+from pg_backup_dagster.pg.local_server import LocalPostgres, ephemeral_server
+from pg_backup_dagster.pg.profiles import (
     PLAIN,
     RESERVED_MARK,
     SUPABASE,
@@ -28,6 +27,7 @@ from pg_backup_dagster.profiles import (
     get_profile,
     roles_sql_has_password_hash,
 )
+from pg_backup_dagster.pg.tools import find_tools
 
 SUPABASE_LIKE = Path(__file__).parent / "sql" / "supabase_like.sql"
 RESERVED_IN_FIXTURE = (

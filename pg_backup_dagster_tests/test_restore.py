@@ -11,11 +11,11 @@ import dagster as dg
 import psycopg
 import pytest
 
+from pg_backup_dagster.constants import restore_job_name
 from pg_backup_dagster.definitions import build_definitions
 from pg_backup_dagster.errors import BackupError
-from pg_backup_dagster.local_server import ephemeral_server
-from pg_backup_dagster.restore import parse_table_name
-from pg_backup_dagster.restore_job import restore_job_name
+from pg_backup_dagster.pg.local_server import ephemeral_server
+from pg_backup_dagster.restore.run import parse_table_name
 from pg_backup_dagster_tests.conftest import create_database, table_fingerprints
 from pg_backup_dagster_tests.restore_helpers import back_up, cli, hostile_database
 from pg_backup_dagster_tests.storage.conftest import bucket, moto_endpoint, s3_client, s3_env  # noqa: F401
@@ -200,7 +200,7 @@ def test_round_trip_from_s3(s3_env, s3_client, source_dsn, pg18, monkeypatch):  
 
 def _table_of(key: str) -> str:
     """The --table argument for an S3 key `.../{schema}/tables/{table}/data.sql` (names percent-decoded)."""
-    from pg_backup_dagster.paths import decode_segment
+    from pg_backup_dagster.tiers.paths import decode_segment
 
     schema, _, table = key.rsplit("/", 4)[1:4]
     return sql_name(decode_segment(schema), decode_segment(table))

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pg_backup_dagster.pgtools import find_tools
-from pg_backup_dagster.verification import restore_and_compare
+from pg_backup_dagster.pg.tools import find_tools
+from pg_backup_dagster.verify.test_restore import restore_and_compare
 from pg_backup_dagster_tests.conftest import create_database
 
 ROWS = 5000
@@ -20,7 +20,7 @@ def archive(pg18, tmp_path_factory):
     import os
     import subprocess
 
-    from pg_backup_dagster.conninfo import split_password
+    from pg_backup_dagster.pg.conninfo import split_password
 
     dsn = create_database(pg18, "checkme", f"""
         CREATE TABLE items (id int PRIMARY KEY, note text);
@@ -113,8 +113,8 @@ def partitioned_archive(pg18, tmp_path_factory):
 
     import psycopg
 
-    from pg_backup_dagster.conninfo import split_password
-    from pg_backup_dagster.dumps import exact_row_counts
+    from pg_backup_dagster.backup.dumps import exact_row_counts
+    from pg_backup_dagster.pg.conninfo import split_password
 
     dsn = create_database(pg18, "parts", PARTITIONED_SQL)
     path = tmp_path_factory.mktemp("partitioned") / "full.dump"
@@ -130,7 +130,7 @@ def _foreign_keys(path) -> tuple[list, set[int]]:
     import subprocess
 
     from pg_backup_dagster.tiers.table_split import parse_toc
-    from pg_backup_dagster.verification import serial_foreign_keys
+    from pg_backup_dagster.verify.test_restore import serial_foreign_keys
 
     listing = subprocess.run([find_tools().path("pg_restore"), "-l", "-v", str(path)], capture_output=True,
                              text=True, check=True).stdout
@@ -148,7 +148,7 @@ def test_only_foreign_keys_touching_partitions_or_inheritance_are_serial(partiti
 
 
 def test_plain_foreign_keys_stay_in_the_parallel_pass(archive, partitioned_archive):
-    from pg_backup_dagster.verification import restore_passes
+    from pg_backup_dagster.verify.test_restore import restore_passes
 
     def fk_tables(listing: str) -> set[str]:
         return {line.split(" FK CONSTRAINT ")[1].split()[1] for line in listing.splitlines() if " FK CONSTRAINT " in line}
@@ -171,7 +171,7 @@ def test_partitioned_archive_passes_with_exact_counts(partitioned_archive):
 
 
 def test_parallel_counts_keep_order_and_exactness(pg18):
-    from pg_backup_dagster.verification import parallel_counts
+    from pg_backup_dagster.verify.test_restore import parallel_counts
 
     tables = [("many", f"t{i}") for i in range(2 * 200 + 7)]  # three batches: up to three connections
     statements = ["CREATE SCHEMA many"] + [

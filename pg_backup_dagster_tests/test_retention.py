@@ -14,9 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pg_backup_dagster.backup_id import new_backup_id
+from pg_backup_dagster.backup.backup_id import new_backup_id
 from pg_backup_dagster.errors import BackupError
-from pg_backup_dagster.retention import (
+from pg_backup_dagster.retention.policy import (
     BackupRecord,
     RetentionPlan,
     RetentionPolicy,

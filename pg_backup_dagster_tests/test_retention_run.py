@@ -25,9 +25,9 @@ from typer.testing import CliRunner
 from pg_backup_dagster.cli import app
 from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.definitions import build_definitions
-from pg_backup_dagster.retention import RetentionPolicy
-from pg_backup_dagster.retention_run import LATEST_GUARD, plan_for_source, run_retention
-from pg_backup_dagster.runner import run_backup
+from pg_backup_dagster.defs.run import run_backup
+from pg_backup_dagster.retention.apply import LATEST_GUARD, plan_for_source, run_retention
+from pg_backup_dagster.retention.policy import RetentionPolicy
 from pg_backup_dagster.storage import open_storage
 from pg_backup_dagster_tests.conftest import create_database
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pg_backup_dagster.local_server import LocalPostgres
-from pg_backup_dagster.row_counts import COUNT_BATCH, count_rows
+from pg_backup_dagster.backup.row_counts import COUNT_BATCH, count_rows
+from pg_backup_dagster.pg.local_server import LocalPostgres
 
 TABLES = 1000  # lock table here: 10 x (10 + background workers) slots, well under 1000 tables held at once
 

@@ -16,8 +16,8 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 import pg_backup_dagster
-from pg_backup_dagster.local_server import LocalPostgres
-from pg_backup_dagster.pgtools import find_tools
+from pg_backup_dagster.pg.local_server import LocalPostgres
+from pg_backup_dagster.pg.tools import find_tools
 from pg_backup_dagster_tests.conftest import create_database
 
 SAMPLE = Path(pg_backup_dagster.__file__).parent / "demo" / "sample.sql"

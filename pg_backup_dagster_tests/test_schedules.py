@@ -10,7 +10,7 @@ import pytest
 
 from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.definitions import build_definitions
-from pg_backup_dagster.schedules import freshness_window
+from pg_backup_dagster.defs.schedules import freshness_window
 
 DAILY = SourceConfig(name="daily", dsn_env="PGBD_UNUSED", schedule="30 2 * * *", timezone="Europe/Berlin")
 MANUAL = SourceConfig(name="manual", dsn_env="PGBD_UNUSED")

@@ -18,9 +18,9 @@ import pytest
 from psycopg import sql
 
 from pg_backup_dagster.config import SourceConfig
+from pg_backup_dagster.defs.preflight import preflight
+from pg_backup_dagster.defs.run import run_backup
 from pg_backup_dagster.errors import BackupError
-from pg_backup_dagster.preflight import preflight
-from pg_backup_dagster.runner import run_backup
 from pg_backup_dagster_tests.conftest import create_database
 
 DSN_ENV = "PGBD_SECRETS_DSN"

@@ -11,8 +11,8 @@ import dagster as dg
 import pytest
 
 from pg_backup_dagster.config import SourceConfig
-from pg_backup_dagster.runner import run_backup
-from pg_backup_dagster.sensors import WEBHOOK_ENV, backup_failure_webhook
+from pg_backup_dagster.defs.run import run_backup
+from pg_backup_dagster.defs.sensors import WEBHOOK_ENV, backup_failure_webhook
 
 DSN_ENV = "PGBD_TEST_SENSOR_DSN"
 

@@ -15,11 +15,11 @@ import psycopg
 import pytest
 
 from pg_backup_dagster.config import SourceConfig
-from pg_backup_dagster.conninfo import split_password
-from pg_backup_dagster.local_server import LocalPostgres
-from pg_backup_dagster.paths import decode_segment
-from pg_backup_dagster.pgtools import find_tools
-from pg_backup_dagster.runner import BackupOutcome, run_backup
+from pg_backup_dagster.defs.run import BackupOutcome, run_backup
+from pg_backup_dagster.pg.conninfo import split_password
+from pg_backup_dagster.pg.local_server import LocalPostgres
+from pg_backup_dagster.pg.tools import find_tools
+from pg_backup_dagster.tiers.paths import decode_segment
 from pg_backup_dagster_tests.conftest import create_database, load_sql_file, table_fingerprints
 
 SQL_DIR = Path(__file__).parent / "sql"

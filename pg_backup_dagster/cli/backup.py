@@ -17,10 +17,10 @@ def backup(
     backup_id: Annotated[str | None, typer.Option(help="Partition key; default: now (UTC).")] = None,
 ) -> None:
     """Back up a source now through Dagster (PG_BACKUP_DATABASE_URL → PG_BACKUP_TARGET, or PG_BACKUP_CONFIG)."""
-    from pg_backup_dagster.backup_id import validate_backup_id
-    from pg_backup_dagster.preflight import preflight
-    from pg_backup_dagster.report import print_outcome
-    from pg_backup_dagster.runner import open_instance, run_backup
+    from pg_backup_dagster.backup.backup_id import validate_backup_id
+    from pg_backup_dagster.cli.report import print_outcome
+    from pg_backup_dagster.defs.preflight import preflight
+    from pg_backup_dagster.defs.run import open_instance, run_backup
 
     if backup_id:
         validate_backup_id(backup_id)
@@ -49,7 +49,7 @@ def demo(
 @clean_errors
 def list_backups(source: SourceOption = None) -> None:
     """Published backups (those with a manifest), oldest first, with sizes and check results."""
-    from pg_backup_dagster.report import print_backup_list
+    from pg_backup_dagster.cli.report import print_backup_list
 
     chosen, _ = selected_source(source)
     print_backup_list(chosen)

@@ -29,8 +29,8 @@ def chosen_sources(name: str | None) -> list[SourceConfig]:
 @clean_errors
 def retention(source: SourcesOption = None, apply: ApplyOption = False) -> None:
     """Backups the retention policy no longer keeps, with the reason for every backup; --apply deletes them."""
-    from pg_backup_dagster.retention_run import run_retention
-    from pg_backup_dagster.runner import open_instance
+    from pg_backup_dagster.defs.run import open_instance
+    from pg_backup_dagster.retention.apply import run_retention
     from pg_backup_dagster.storage import open_storage
 
     instance = open_instance() if apply else None

@@ -20,8 +20,8 @@ def verify(
     ] = False,
 ) -> None:
     """Check every file against the manifest's sha256 and every archive with pg_restore -l; exit 1 if any is bad."""
-    from pg_backup_dagster.checks.verify_tiers import restore_url_for
-    from pg_backup_dagster.verify import verify_backup
+    from pg_backup_dagster.verify.published import verify_backup
+    from pg_backup_dagster.verify.tiers import restore_url_for
 
     chosen, _ = selected_source(source)
     report = verify_backup(chosen, backup_id, full_restore=full_restore, restore_url=restore_url_for(chosen))
@@ -70,7 +70,7 @@ def restore(
     force: Annotated[bool, typer.Option("--force", help="Allow restoring into the source database itself.")] = False,
 ) -> None:
     """Restore a backup, whole or by tier, into a database (PG_BACKUP_RESTORE_TO or --to)."""
-    from pg_backup_dagster.restore import TARGET_ENV, RestoreRequest, parse_table_name, restore_backup
+    from pg_backup_dagster.restore.run import TARGET_ENV, RestoreRequest, parse_table_name, restore_backup
 
     target = to or os.environ.get(TARGET_ENV)
     if not target:

@@ -12,8 +12,8 @@ from pg_backup_dagster.cli.app import app, clean_errors
 def pools() -> None:
     """Set every configured source's pool limit on the instance in DAGSTER_HOME (see docs/service.md, "Pools")."""
     from pg_backup_dagster.config import load_sources
-    from pg_backup_dagster.instance import set_pool_limits
-    from pg_backup_dagster.runner import open_instance
+    from pg_backup_dagster.defs.instance import set_pool_limits
+    from pg_backup_dagster.defs.run import open_instance
 
     sources = load_sources()
     with open_instance() as instance:

@@ -10,12 +10,12 @@ import psycopg
 import typer
 import yaml
 
+from pg_backup_dagster.cli.report import print_outcome
 from pg_backup_dagster.config import load_config_file
+from pg_backup_dagster.defs.run import open_instance, run_backup
 from pg_backup_dagster.errors import BackupError, one_line
-from pg_backup_dagster.local_server import LocalPostgres
-from pg_backup_dagster.pgtools import find_tools
-from pg_backup_dagster.report import print_outcome
-from pg_backup_dagster.runner import open_instance, run_backup
+from pg_backup_dagster.pg.local_server import LocalPostgres
+from pg_backup_dagster.pg.tools import find_tools
 
 SAMPLE_DB = "sample"
 

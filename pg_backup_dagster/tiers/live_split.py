@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pg_backup_dagster.errors import BackupError
-from pg_backup_dagster.tiers.archive_filter import (
+from pg_backup_dagster.tiers.catalog import TableCatalog
+from pg_backup_dagster.tiers.schema_cut import (
     BLOCK_LARGE_OBJECTS,
     BLOCK_TABLE_DATA,
     COMPRESSION_GZIP,
@@ -34,7 +35,6 @@ from pg_backup_dagster.tiers.archive_filter import (
     UnsupportedArchive,
     read_toc,
 )
-from pg_backup_dagster.tiers.catalog import TableCatalog
 from pg_backup_dagster.tiers.table_split import (
     SplitPlan,
     SplitResult,

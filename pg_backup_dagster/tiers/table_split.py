@@ -18,15 +18,15 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pg_backup_dagster.errors import BackupError, one_line
-from pg_backup_dagster.paths import encode_segment
-from pg_backup_dagster.tiers.catalog import PG_CLASS, TableCatalog
-from pg_backup_dagster.tiers.sql_compat import (
+from pg_backup_dagster.pg.sql_script import (
     ChunkReader,
     LineKind,
     ScriptScanner,
     is_restrict_line,
     setting_name,
 )
+from pg_backup_dagster.tiers.catalog import PG_CLASS, TableCatalog
+from pg_backup_dagster.tiers.paths import encode_segment
 
 KINDS = ("schema", "data", "post", "fk")
 GLOBAL_OBJECTS = "global_objects.sql"

@@ -20,7 +20,7 @@ import dagster as dg
 import pytest
 import yaml
 
-from pg_backup_dagster.instance import BASE_CONFIG
+from pg_backup_dagster.defs.instance import BASE_CONFIG
 
 pytestmark = pytest.mark.e2e
 

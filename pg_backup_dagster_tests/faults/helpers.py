@@ -21,7 +21,7 @@ import psycopg
 import pytest
 
 from pg_backup_dagster.config import SourceConfig
-from pg_backup_dagster.runner import BackupOutcome, run_backup
+from pg_backup_dagster.defs.run import BackupOutcome, run_backup
 from pg_backup_dagster.storage import BackupStorage, LocalStorage, S3Storage
 
 RESTORE_ENV = "PGBD_FAULTS_RESTORE_URL"

@@ -21,7 +21,7 @@ import psycopg
 import pytest
 
 from pg_backup_dagster.config import SourceConfig
-from pg_backup_dagster.local_server import LocalPostgres
+from pg_backup_dagster.pg.local_server import LocalPostgres
 from pg_backup_dagster.storage import BackupStorage, open_storage
 from pg_backup_dagster_tests.conftest import create_database
 from pg_backup_dagster_tests.faults.helpers import (

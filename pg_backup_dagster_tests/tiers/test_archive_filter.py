@@ -8,10 +8,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pg_backup_dagster.conninfo import child_env
-from pg_backup_dagster.dumps import exact_pattern
-from pg_backup_dagster.pgtools import find_tools
-from pg_backup_dagster.tiers.archive_filter import (
+from pg_backup_dagster.backup.dumps import exact_pattern
+from pg_backup_dagster.pg.conninfo import child_env
+from pg_backup_dagster.pg.tools import find_tools
+from pg_backup_dagster.tiers.schema_cut import (
     UnsupportedArchive,
     copy_archive_for_schema,
     read_archive,

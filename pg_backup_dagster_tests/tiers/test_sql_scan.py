@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from pg_backup_dagster.tiers.sql_compat import ChunkReader, LineKind, ScriptScanner, copy_compatible
+from pg_backup_dagster.pg.sql_script import ChunkReader, LineKind, ScriptScanner, copy_compatible
 
 SCRIPT = (
     b"SET transaction_timeout = 0;\n"

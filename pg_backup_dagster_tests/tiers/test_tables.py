@@ -12,15 +12,15 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pg_backup_dagster.conninfo import child_env
 from pg_backup_dagster.errors import BackupError
-from pg_backup_dagster.local_server import LocalPostgres
-from pg_backup_dagster.paths import decode_segment
-from pg_backup_dagster.pgtools import PgTools, find_tools
+from pg_backup_dagster.pg.conninfo import child_env
+from pg_backup_dagster.pg.local_server import LocalPostgres
+from pg_backup_dagster.pg.sql_script import compatible_lines
+from pg_backup_dagster.pg.tools import PgTools, find_tools
+from pg_backup_dagster.restore.tables import quote_ident, restore_tables
 from pg_backup_dagster.tiers.catalog import TableCatalog, fetch_table_catalog
 from pg_backup_dagster.tiers.live_split import split_archive
-from pg_backup_dagster.tiers.sql_compat import compatible_lines
-from pg_backup_dagster.tiers.table_restore import quote_ident, restore_tables
+from pg_backup_dagster.tiers.paths import decode_segment
 from pg_backup_dagster.tiers.table_split import SplitResult, TableDump
 from pg_backup_dagster_tests.conftest import create_database
 

@@ -1,0 +1,167 @@
+"""The dump work of one backup, independent of Dagster: roles, and full + per-schema archives from one snapshot."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psycopg
+
+from pg_backup_dagster.backup.row_counts import count_rows
+from pg_backup_dagster.backup.staging import Staging
+from pg_backup_dagster.defs.resources import PostgresResource
+from pg_backup_dagster.files import atomic_path, temp_path
+from pg_backup_dagster.pg.profiles import filter_roles_sql, get_profile
+from pg_backup_dagster.tiers.catalog import fetch_table_catalog
+from pg_backup_dagster.tiers.paths import encode_segment
+from pg_backup_dagster.tiers.schema_cut import UnsupportedArchive, copy_archive_for_schema, read_archive
+from pg_backup_dagster.tiers.table_tier import TableTierSplit
+
+SYSTEM_SCHEMA_FILTER = (
+    "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' "
+    "AND n.nspname NOT LIKE 'pg\\_temp%'"
+)
+
+
+def app_name(backup_id: str, tier: str) -> str:
+    """application_name a DBA sees in pg_stat_activity for our work."""
+    return f"pg_backup_dagster/{backup_id}/{tier}"
+
+
+@dataclass
+class DumpedFile:
+    """One archive written by pg_dump, with what the metadata and manifest need."""
+
+    path: str
+    size: int
+    seconds: float
+    schema: str | None = None
+
+
+def dump_roles(pg: PostgresResource, staging: Staging, profile_name: str) -> DumpedFile:
+    """pg_dumpall --roles-only without password hashes; stderr never lands in the file."""
+    profile = get_profile(profile_name)
+    started = time.monotonic()
+    with atomic_path(staging.roles_file) as tmp:
+        raw = tmp.with_suffix(".raw")
+        try:
+            with raw.open("wb") as out:
+                pg.run_tool("pg_dumpall", list(profile.pg_dumpall_args), app_name(staging.backup_id, "roles"), stdout=out)
+            tmp.write_text(filter_roles_sql(raw.read_text(encoding="utf-8"), profile), encoding="utf-8")
+        finally:
+            raw.unlink(missing_ok=True)
+    return DumpedFile("roles.sql", staging.roles_file.stat().st_size, time.monotonic() - started)
+
+
+def user_schemas(conn: psycopg.Connection, excluded: frozenset[str]) -> list[str]:
+    rows = conn.execute(f"SELECT n.nspname FROM pg_namespace n WHERE {SYSTEM_SCHEMA_FILTER} ORDER BY 1").fetchall()
+    return [r[0] for r in rows if r[0] not in excluded]
+
+
+def exact_row_counts(conn: psycopg.Connection, excluded: frozenset[str]) -> list[dict]:
+    """count(*) of every table with data of its own, inside the snapshot: what a restore must reproduce.
+
+    Runs inside the caller's open transaction (the exported snapshot's).
+    """
+    tables = conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        f"WHERE c.relkind = 'r' AND {SYSTEM_SCHEMA_FILTER} ORDER BY 1, 2"
+    ).fetchall()
+    wanted = [(schema, table) for schema, table in tables if schema not in excluded]
+    counts = count_rows(conn, wanted)
+    return [{"schema": s, "table": t, "rows": n} for (s, t), n in zip(wanted, counts, strict=True)]
+
+
+def exact_pattern(name: str) -> str:
+    """A pg_dump -n/-N pattern that matches exactly this name (no wildcard or case folding)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _pg_dump(pg: PostgresResource, out: Path, snapshot: str, app: str, extra: list[str]) -> float:
+    started = time.monotonic()
+    with atomic_path(out) as tmp:
+        args = ["--format=custom", "--no-owner", "--no-privileges", f"--snapshot={snapshot}", "--file", str(tmp)]
+        pg.run_tool("pg_dump", args + extra, app)
+    return time.monotonic() - started
+
+
+def _schema_file(staging: Staging, schema: str, seconds: float) -> DumpedFile:
+    path = staging.schema_dump(encode_segment(schema))
+    return DumpedFile(path.relative_to(staging.root).as_posix(), path.stat().st_size, seconds, schema)
+
+
+def clear_dump_outputs(staging: Staging) -> None:
+    """Forget archives from an earlier try of this backup id so nothing stale is published."""
+    staging.full_dump.unlink(missing_ok=True)
+    temp_path(staging.full_dump).unlink(missing_ok=True)  # the table split follows this file: never a stale one
+    for old in staging.root.glob(f"*/*_schema_{staging.backup_id}.dump"):
+        old.unlink()
+
+
+def dump_full_and_schemas(
+    pg: PostgresResource, staging: Staging, profile_name: str, *, schema_tier: bool = True, table_tier: bool = True
+) -> dict:
+    """Export one snapshot; dump the whole database in it, then give every user schema its own archive.
+
+    While pg_dump runs, the snapshot connection reads the catalog and counts rows, and the per-table tier is
+    split out of the archive as pg_dump writes it (table_tier.py), so counts, catalog and every tier describe
+    the same instant. Schema archives are cut out of the full archive (its entries and already-compressed
+    data blocks), not dumped again: one more pg_dump per schema would read the whole catalog and compress all
+    data a second time. pg_dump per schema, in the same snapshot, is the fallback for archive versions the
+    cutter does not know. With the table tier, "tables" holds its description.
+    """
+    excluded = get_profile(profile_name).excluded_schemas
+    clear_dump_outputs(staging)
+    bid = staging.backup_id
+    with pg.exported_snapshot(app_name(bid, "snapshot")) as (conn, snapshot):
+        schemas = user_schemas(conn, excluded) if schema_tier else []
+        exclude_args = [f"--exclude-schema={exact_pattern(s)}" for s in sorted(excluded)]
+        dump_done = threading.Event()
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            full = pool.submit(_pg_dump, pg, staging.full_dump, snapshot, app_name(bid, "full"), exclude_args)
+            full.add_done_callback(lambda _: dump_done.set())
+            catalog = fetch_table_catalog(conn, exclude_schemas=set(excluded))
+            split = TableTierSplit(pg.tools(), staging, catalog) if table_tier else None
+            following = pool.submit(split.follow, dump_done) if split else None
+            counts = exact_row_counts(conn, excluded)
+            size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+            full_seconds = full.result()
+            if following is not None:
+                following.result()
+        try:
+            schema_files = cut_schema_archives(staging, schemas)
+        except UnsupportedArchive:
+            schema_files = dump_schema_archives(pg, staging, schemas, snapshot)
+    full_file = DumpedFile(staging.full_dump.name, staging.full_dump.stat().st_size, full_seconds)
+    result = {"snapshot": snapshot, "full": asdict(full_file), "schemas": schema_files, "row_counts": counts,
+              "database_size": size}
+    if split is not None:
+        result["tables"] = split.finish()
+    return result
+
+
+def cut_schema_archives(staging: Staging, schemas: list[str]) -> list[dict]:
+    """Each schema's archive cut out of the full one: same snapshot by construction, no load on the source."""
+    archive = read_archive(staging.full_dump)
+    files = []
+    for schema in schemas:
+        started = time.monotonic()
+        with atomic_path(staging.schema_dump(encode_segment(schema))) as tmp:
+            copy_archive_for_schema(staging.full_dump, schema, tmp, archive)
+        files.append(asdict(_schema_file(staging, schema, time.monotonic() - started)))
+    return files
+
+
+def dump_schema_archives(pg: PostgresResource, staging: Staging, schemas: list[str], snapshot: str) -> list[dict]:
+    """One pg_dump per schema in the exported snapshot, in parallel under the connection budget."""
+    app = app_name(staging.backup_id, "schema")
+    with ThreadPoolExecutor(max_workers=max(1, pg.max_connections - 1)) as pool:
+        per_schema = {
+            schema: pool.submit(_pg_dump, pg, staging.schema_dump(encode_segment(schema)), snapshot, app,
+                                [f"--schema={exact_pattern(schema)}", "--strict-names"])
+            for schema in schemas
+        }
+        return [asdict(_schema_file(staging, s, f.result())) for s, f in per_schema.items()]

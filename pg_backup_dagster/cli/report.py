@@ -1,0 +1,49 @@
+"""What the CLI prints: a backup run's summary and the list of published backups."""
+
+from __future__ import annotations
+
+import typer
+
+from pg_backup_dagster.config import SourceConfig
+from pg_backup_dagster.defs.run import BackupOutcome
+from pg_backup_dagster.files import human_bytes
+from pg_backup_dagster.storage import open_storage
+from pg_backup_dagster.storage.base import manifest_entries
+
+
+def print_outcome(outcome: BackupOutcome, source: SourceConfig) -> None:
+    """Files, sizes, check results and restore time of one run."""
+    status = "OK" if outcome.success else "FAILED"
+    typer.echo(f"backup {outcome.backup_id} of source '{outcome.source}': {status} (Dagster run {outcome.run_id})")
+    full = outcome.materialized.get("full_dump", {})
+    if full:
+        typer.echo(f"  full dump      {full.get('file')}  {human_bytes(full.get('size_bytes', 0))}  "
+                   f"{full.get('tables')} tables, {full.get('rows')} rows, {full.get('duration_s')} s")
+    for name in ("schema_dumps", "table_dumps", "roles_sql"):
+        meta = outcome.materialized.get(name)
+        if meta:
+            typer.echo(f"  {name:<14} {human_bytes(meta.get('size_bytes', 0))}  {meta.get('duration_s')} s")
+    for check, (passed, description) in sorted(outcome.checks.items()):
+        typer.echo(f"  check {check:<22} {'passed' if passed else 'FAILED'}: {description}")
+    manifest = outcome.materialized.get("backup_manifest")
+    if manifest:
+        typer.echo(f"  published      {manifest.get('location')}  ({manifest.get('files')} files, "
+                   f"{human_bytes(manifest.get('total_bytes', 0))})")
+    for error in outcome.errors:
+        typer.echo(f"  error: {error}", err=True)
+
+
+def print_backup_list(source: SourceConfig) -> None:
+    """One line per published backup: id, size, tables, checks."""
+    storage = open_storage(source.target)
+    ids = storage.list_backups(source.name)
+    latest = (storage.read_latest(source.name) or {}).get("backup_id")
+    if not ids:
+        typer.echo(f"no backups of source '{source.name}' at {storage.url}")
+        return
+    for backup_id in ids:
+        manifest = storage.read_manifest(source.name, backup_id)
+        size = sum(f["size"] for f in manifest_entries(manifest, f"manifest of backup {source.name}/{backup_id}"))
+        checks = "passed" if manifest.get("passed") else "FAILED"
+        mark = "  <- latest" if backup_id == latest else ""
+        typer.echo(f"{backup_id}  {human_bytes(size):>10}  {len(manifest.get('tables') or []):>5} tables  checks {checks}{mark}")

@@ -1,0 +1,96 @@
+"""The backup assets of one source: roles → full dump + schema dumps + table files (one snapshot) → manifest.
+
+Each function is a thin Dagster wrapper: the work lives in dumps.py, tiers/ and publish.py; here we validate
+the partition, call the work, and turn what it measured into metadata the UI shows.
+"""
+
+
+import time
+
+import dagster as dg
+
+from pg_backup_dagster.backup.dumps import app_name, dump_full_and_schemas, dump_roles
+from pg_backup_dagster.backup.publish import publish_backup
+from pg_backup_dagster.config import SourceConfig
+from pg_backup_dagster.constants import (
+    FULL_ASSET,
+    MANIFEST_ASSET,
+    ROLES_ASSET,
+    SCHEMAS_ASSET,
+    TABLES_ASSET,
+    postgres_key,
+    target_key,
+)
+from pg_backup_dagster.defs.context import step_context
+from pg_backup_dagster.defs.metadata import dump_metadata, roles_metadata, table_tier_metadata
+from pg_backup_dagster.retention.apply import after_publish
+
+TIER_ASSETS = (("roles", ROLES_ASSET), ("full", FULL_ASSET), ("schema", SCHEMAS_ASSET), ("table", TABLES_ASSET))
+
+
+def asset_key(source: SourceConfig, name: str) -> dg.AssetKey:
+    return dg.AssetKey([source.name, name])
+
+
+def build_backup_assets(source: SourceConfig, partitions: dg.DynamicPartitionsDefinition) -> list:
+    """The asset definitions of one source's configured tiers, sharing its partitions and resources.
+
+    Only the steps that connect to the source (roles, dumps) take a slot of the source's pool: the checks and the
+    manifest work on files and scratch servers, so they need not wait for it. The per-table tier is split in the
+    dumps step, beside pg_dump, from the archive it is writing (table_tier.py).
+    """
+    resources = {postgres_key(source), target_key(source)}
+    common = {"partitions_def": partitions, "group_name": source.name, "required_resource_keys": resources}
+    on_source = {**common, "pool": source.pool}
+
+    @dg.asset(key=asset_key(source, ROLES_ASSET), kinds={"postgres", "sql"},
+              description="Cluster roles (pg_dumpall --roles-only, no password hashes).", **on_source)
+    def roles_sql(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        step = step_context(context, source)
+        step.pg.server_major(app_name(step.backup_id, "roles"))
+        dumped = dump_roles(step.pg, step.staging, source.profile)
+        step.staging.save("roles", {"file": dumped.path, "size": dumped.size, "seconds": dumped.seconds})
+        return dg.MaterializeResult(metadata=roles_metadata(step.staging, dumped))
+
+    schema_tier, table_tier = "schema" in source.tiers, "table" in source.tiers
+    specs = [dg.AssetSpec(asset_key(source, FULL_ASSET), kinds={"postgres"},
+                          description="Whole database, pg_dump custom format, from the backup's snapshot.")]
+    if schema_tier:
+        specs.append(dg.AssetSpec(asset_key(source, SCHEMAS_ASSET), kinds={"postgres"},
+                                  description="One custom-format archive per user schema, from the same snapshot."))
+    if table_tier:  # split while pg_dump writes the full archive, so it is made in the same step
+        specs.append(dg.AssetSpec(asset_key(source, TABLES_ASSET), deps=[asset_key(source, FULL_ASSET)], kinds={"sql"},
+                                  description="Per-table schema.sql/data.sql/post.sql/fk.sql split from the full "
+                                  "archive while pg_dump writes it."))
+
+    @dg.multi_asset(name=f"{source.name}_dumps", specs=specs, **on_source)
+    def dumps(context: dg.AssetExecutionContext):
+        step = step_context(context, source)
+        started = time.monotonic()
+        major = step.pg.server_major(app_name(step.backup_id, "full"))
+        result = dump_full_and_schemas(step.pg, step.staging, source.profile, schema_tier=schema_tier,
+                                       table_tier=table_tier)
+        result.update(server_major=major, pg_dump_version=step.pg.tools().version, seconds=time.monotonic() - started)
+        tables = result.pop("tables", None)
+        step.staging.save("dumps", result)
+        full_meta, schema_meta = dump_metadata(result)
+        yield dg.MaterializeResult(asset_key=asset_key(source, FULL_ASSET), metadata=full_meta)
+        if schema_tier:
+            yield dg.MaterializeResult(asset_key=asset_key(source, SCHEMAS_ASSET), metadata=schema_meta)
+        if tables is not None:
+            step.staging.save("tables", tables)
+            yield dg.MaterializeResult(asset_key=asset_key(source, TABLES_ASSET), metadata=table_tier_metadata(tables))
+
+    chosen = {"roles": roles_sql, "full": dumps}
+    tier_keys = [asset_key(source, name) for tier, name in TIER_ASSETS if tier in source.tiers]
+
+    @dg.asset(key=asset_key(source, MANIFEST_ASSET), deps=tier_keys, kinds={"json"},
+              description="Checksums of every file; published last, then latest.json moves.", **common)
+    def backup_manifest(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        step = step_context(context, source)
+        published = publish_backup(source, step.storage, step.staging, context.log)
+        after_publish(source, step.storage, context.instance, context.run.run_id, context.log)
+        return dg.MaterializeResult(metadata=published.metadata())
+
+    return [definition for tier, definition in chosen.items() if tier in source.tiers] + [backup_manifest]
+

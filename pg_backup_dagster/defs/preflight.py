@@ -1,0 +1,27 @@
+"""Before a run: prove the settings work, so bad input fails in one line with nothing written."""
+
+from __future__ import annotations
+
+import os
+
+from pg_backup_dagster.config import SourceConfig
+from pg_backup_dagster.constants import postgres_key, target_key
+from pg_backup_dagster.defs.resources import PostgresResource, source_resources
+from pg_backup_dagster.errors import BackupError, register_secret
+
+
+def source_dsn(source: SourceConfig) -> str:
+    """The source's connection string, from config or its environment variable."""
+    dsn = source.dsn or os.environ.get(source.dsn_env)
+    if not dsn:
+        raise BackupError(f"{source.dsn_env} is not set: give the database URL of source '{source.name}'")
+    return dsn
+
+
+def preflight(source: SourceConfig) -> None:
+    """DSN present, target writable, server reachable with these credentials, pg_dump new enough."""
+    resources = source_resources(source, dsn=source_dsn(source))
+    resources[target_key(source)].open()
+    pg: PostgresResource = resources[postgres_key(source)]
+    register_secret(pg.conn_params().get("password"))
+    pg.server_major(f"pg_backup_dagster/preflight/{source.name}")

@@ -1,0 +1,443 @@
+"""Restore a published backup, by tier, into a target database: the reason a backup exists.
+
+Tiers: the whole database (pg_restore -j of the full archive), one schema (its own archive), any set of
+tables (the per-table files, through psql in phases, all or nothing) and the roles (roles.sql). Every file
+used is fetched through the storage, which checks its sha256 against the manifest and decrypts age files,
+so a tampered or truncated file is never restored. psql-fed tiers are filtered for the target's version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from pg_backup_dagster.config import SourceConfig
+from pg_backup_dagster.errors import BackupError, one_line, redact, register_secret
+from pg_backup_dagster.pg.conninfo import child_env
+from pg_backup_dagster.pg.sql_script import compatible_bytes, copy_compatible
+from pg_backup_dagster.pg.tools import PgTools, find_tools
+from pg_backup_dagster.restore.tables import restore_tables, server_major_of
+from pg_backup_dagster.storage import BackupStorage, open_storage
+from pg_backup_dagster.tiers.table_split import TableDump
+from pg_backup_dagster.verify.test_restore import restore_passes
+
+TARGET_ENV = "PG_BACKUP_RESTORE_TO"
+WORK_DIR_ENV = "PG_BACKUP_WORK_DIR"
+TIERS = ("full", "schema", "table", "roles")
+
+
+def parse_table_name(text: str) -> tuple[str, str]:
+    """`schema.table` as two exact names; either part may be double-quoted ("a.b"."c", "x""y") to hold dots."""
+    parts: list[str] = []
+    i, n = 0, len(text)
+    while True:
+        if i < n and text[i] == '"':
+            name, i = _quoted_part(text, i)
+        else:
+            end = text.find(".", i)
+            end = n if end < 0 else end
+            name = text[i:end]
+            if '"' in name:
+                raise BackupError(f"table name {text!r}: a quote may only open or close a whole name")
+            i = end
+        if not name:
+            raise BackupError(f"table name {text!r}: empty schema or table name (expected SCHEMA.TABLE)")
+        parts.append(name)
+        if i == n:
+            break
+        if text[i] != ".":
+            raise BackupError(f"table name {text!r}: expected '.' after a quoted name")
+        i += 1
+    if len(parts) != 2:
+        raise BackupError(f'table name {text!r}: expected SCHEMA.TABLE; quote names that hold dots: "a.b"."c"')
+    return parts[0], parts[1]
+
+
+def _quoted_part(text: str, start: int) -> tuple[str, int]:
+    out, i = [], start + 1
+    while i < len(text):
+        if text[i] == '"':
+            if text[i + 1 : i + 2] == '"':
+                out.append('"')
+                i += 2
+                continue
+            return "".join(out), i + 1
+        out.append(text[i])
+        i += 1
+    raise BackupError(f"table name {text!r}: unterminated quote")
+
+
+def qualified(schema: str, table: str) -> str:
+    """How a table is shown to a person: always quoted, so any name reads back exactly."""
+    return sql.Identifier(schema, table).as_string(None)
+
+
+@dataclass(frozen=True)
+class RestoreRequest:
+    """What to restore and where. No schemas, tables or roles selected means the whole database."""
+
+    backup_id: str
+    target_dsn: str
+    full: bool = False
+    roles: bool = False
+    schemas: tuple[str, ...] = ()
+    tables: tuple[tuple[str, str], ...] = ()
+    clean: bool = False
+    jobs: int = 2
+    create_db: bool = False
+    force: bool = False
+
+    @property
+    def tiers(self) -> list[str]:
+        """Tiers in the order they run: roles first (objects may name them), then the database objects."""
+        chosen = ["roles"] if self.roles else []
+        if self.full or not (self.roles or self.schemas or self.tables):
+            chosen.append("full")
+        chosen += ["schema"] * bool(self.schemas) + ["table"] * bool(self.tables)
+        return chosen
+
+    def validate(self) -> None:
+        if self.full and (self.schemas or self.tables):
+            raise BackupError("the full tier already holds every schema and table: drop --schema/--table or --full")
+        if not 1 <= self.jobs <= 64:
+            raise BackupError(f"--jobs {self.jobs}: must be between 1 and 64")
+        if self.clean and self.tables:
+            raise BackupError("--clean applies to pg_restore tiers (full, schema); drop or rename the tables first")
+
+
+@dataclass
+class RestoreResult:
+    """What a restore did, for the CLI and the Dagster job's metadata."""
+
+    source: str
+    backup_id: str
+    target: str
+    steps: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class OpenedBackup:
+    """A published backup: where it is and its manifest."""
+
+    source: SourceConfig
+    storage: BackupStorage
+    backup_id: str
+    manifest: dict[str, Any]
+
+    def entries(self, tier: str) -> list[dict[str, Any]]:
+        return [e for e in self.manifest["files"] if e.get("tier") == tier]
+
+    def fetch(self, relpath: str, work: Path) -> Path:
+        """A verified, decrypted local copy of one file (sha256 checked against the manifest)."""
+        dest = work / relpath
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        return self.storage.fetch_file(self.source.name, self.backup_id, relpath, dest)
+
+
+def open_backup(source: SourceConfig, backup_id: str) -> OpenedBackup:
+    """The backup `backup_id` (or `latest`) of a source, from its target."""
+    storage = open_storage(source.target)
+    if backup_id == "latest":
+        latest = storage.read_latest(source.name)
+        if not latest:
+            raise BackupError(f"source '{source.name}' has no latest backup at {storage.url}")
+        backup_id = latest["backup_id"]
+    manifest = storage.read_manifest(source.name, backup_id)
+    return OpenedBackup(source, storage, backup_id, manifest)
+
+
+def work_dir() -> tempfile.TemporaryDirectory:
+    """Where fetched files live during a restore (PG_BACKUP_WORK_DIR, else the system temp dir); always removed."""
+    parent = os.environ.get(WORK_DIR_ENV)
+    if parent:
+        Path(parent).mkdir(parents=True, exist_ok=True)
+    return tempfile.TemporaryDirectory(prefix="pgbd-restore-", dir=parent or None)
+
+
+# --- the target -----------------------------------------------------------------------------------
+
+
+def _endpoint(dsn: str) -> tuple[str, str, str]:
+    params = conninfo_to_dict(dsn)
+    host = params.get("host") or params.get("hostaddr") or os.environ.get("PGHOST") or "localhost"
+    if host.startswith("/"):
+        host = "localhost"
+    port = str(params.get("port") or os.environ.get("PGPORT") or "5432")
+    user = params.get("user") or os.environ.get("PGUSER") or ""
+    dbname = params.get("dbname") or os.environ.get("PGDATABASE") or user
+    return host.lower(), port, dbname
+
+
+def _identity(dsn: str) -> tuple[int, str] | None:
+    """(system_identifier, database) of a server, or None when it cannot be read (unreachable, no permission)."""
+    try:
+        with psycopg.connect(dsn, connect_timeout=10, autocommit=True) as conn:
+            row = conn.execute("SELECT (SELECT system_identifier FROM pg_control_system()), current_database()")
+            return tuple(row.fetchone())  # type: ignore[return-value]
+    except psycopg.Error:
+        return None
+
+
+def check_not_source(target_dsn: str, source_dsn: str | None) -> str | None:
+    """Refuse a target that is the backup's own source database; returns a note when it cannot tell."""
+    if not source_dsn:
+        return "source database URL not set: could not check that the target is not the source"
+    if _endpoint(target_dsn) == _endpoint(source_dsn):
+        raise BackupError("the target is the source database itself (same host, port and database): pass --force")
+    source_id = _identity(source_dsn)
+    if source_id is not None and source_id == _identity(target_dsn):
+        raise BackupError("the target is the source database itself (same server and database): pass --force")
+    return None if source_id is not None else "source database unreachable: compared host, port and name only"
+
+
+def create_target_database(target_dsn: str) -> None:
+    """CREATE DATABASE for the target's name, connected to the server's `postgres` database."""
+    name = conninfo_to_dict(target_dsn).get("dbname")
+    if not name:
+        raise BackupError("--create-db needs a database name in the target URL")
+    try:
+        with psycopg.connect(make_conninfo(target_dsn, dbname="postgres"), autocommit=True, connect_timeout=30) as c:
+            c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    except psycopg.errors.DuplicateDatabase:
+        raise BackupError(f"--create-db: database {name!r} already exists on the target server") from None
+    except psycopg.Error as exc:
+        raise BackupError(f"--create-db: cannot create database {name!r}: {one_line(str(exc))}") from None
+
+
+def populated_schemas(dsn: str, schemas: list[str]) -> set[str]:
+    """Those of `schemas` that exist in the target and hold a relation, type or function already."""
+    query = (
+        "SELECT nspname FROM pg_namespace n WHERE nspname = ANY(%s) AND ("
+        "EXISTS (SELECT 1 FROM pg_class WHERE relnamespace = n.oid) OR "
+        "EXISTS (SELECT 1 FROM pg_type WHERE typnamespace = n.oid) OR "
+        "EXISTS (SELECT 1 FROM pg_proc WHERE pronamespace = n.oid))"
+    )
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return {r[0] for r in conn.execute(query, [schemas]).fetchall()}
+
+
+def existing_tables(dsn: str, tables: list[tuple[str, str]]) -> set[tuple[str, str]]:
+    found = set()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for schema, table in tables:
+            query = "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE nspname = %s AND relname = %s"
+            if conn.execute(query, [schema, table]).fetchone():
+                found.add((schema, table))
+    return found
+
+
+# --- the tiers ------------------------------------------------------------------------------------
+
+
+# pg_restore --clean drops a partition's inherited primary key before its parent's, which PostgreSQL refuses;
+# dropping the parent's key right after removes it anyway, so this one error of the drop phase is harmless.
+_HARMLESS_CLEAN_ERRORS = ("cannot drop inherited constraint",)
+
+
+def pg_restore(tools: PgTools, archive: Path, dsn: str, *, jobs: int, clean: bool, server_major: int) -> list[str]:
+    """pg_restore without owners or grants (the target's roles may differ); returns the harmless errors of --clean.
+
+    Without --clean the restore stops at the first error. With it, pg_restore must go on past the known
+    harmless drop error, so every error is read and any other one fails the restore. A target older than
+    pg_restore gets the archive as SQL through the compatibility filter and psql (pg_restore 18 sends
+    `SET transaction_timeout` even to servers that do not know it), in one transaction unless --clean.
+    """
+    options = ["--no-owner", "--no-privileges", *(["--clean", "--if-exists"] if clean else [])]
+    if server_major < tools.major:
+        returncode, stderr = _pg_restore_through_psql(tools, archive, dsn, options, clean, server_major)
+    else:
+        safe, env = child_env(dsn)
+        argv = [tools.path("pg_restore"), *options, *([] if clean else ["--exit-on-error"]), "--dbname", safe]
+        returncode, stderr = 0, ""
+        # --clean keeps one pass, so its drops stay in dependency order
+        single = contextlib.nullcontext([[f"--jobs={jobs}"]])
+        with single if clean else restore_passes(tools, archive, jobs) as passes:
+            for chosen in passes:
+                done = subprocess.run([*argv, *chosen, str(archive)], env=env, capture_output=True, text=True)
+                returncode, stderr = returncode or done.returncode, stderr + done.stderr
+                if done.returncode and not clean:
+                    break
+    errors = [ln for ln in stderr.splitlines() if "error:" in ln or "ERROR:" in ln]
+    harmless = [e for e in errors if clean and any(h in e for h in _HARMLESS_CLEAN_ERRORS)]
+    harmful = [e for e in errors if e not in harmless]
+    if harmful or (returncode != 0 and not harmless):
+        detail = " ".join(harmful[:3]) or stderr
+        raise BackupError(f"pg_restore of {archive.name} failed: {one_line(redact(detail))}")
+    return [one_line(e) for e in harmless]
+
+
+def _pg_restore_through_psql(
+    tools: PgTools, archive: Path, dsn: str, options: list[str], clean: bool, server_major: int
+) -> tuple[int, str]:
+    """pg_restore -f - | copy_compatible | psql: (exit code, both programs' stderr). Data is never buffered."""
+    safe, env = child_env(dsn)
+    single = [] if clean else ["--single-transaction"]
+    stop = [] if clean else ["-v", "ON_ERROR_STOP=1"]
+    with tempfile.TemporaryFile() as dump_err, tempfile.TemporaryFile() as load_err:
+        dump = subprocess.Popen(
+            [tools.path("pg_restore"), *options, *single, "-f", "-", str(archive)],
+            stdout=subprocess.PIPE,
+            stderr=dump_err,
+        )
+        load = subprocess.Popen(
+            [tools.path("psql"), "-X", "-q", *stop, "-o", os.devnull, "-d", safe, "-f", "-"],
+            stdin=subprocess.PIPE,
+            stderr=load_err,
+            env=env,
+        )
+        assert dump.stdout is not None and load.stdin is not None
+        try:
+            copy_compatible(dump.stdout, load.stdin.write, server_major)
+        except BrokenPipeError:
+            pass  # psql stopped at an error: its stderr says which
+        finally:
+            dump.stdout.close()
+            with contextlib.suppress(BrokenPipeError):
+                load.stdin.close()
+            load_code, dump_code = load.wait(), dump.wait()
+        dump_err.seek(0)
+        load_err.seek(0)
+        stderr = dump_err.read().decode(errors="replace") + load_err.read().decode(errors="replace")
+    return load_code or dump_code, stderr
+
+
+def restore_roles_file(tools: PgTools, roles_file: Path, dsn: str, server_major: int) -> list[str]:
+    """Load roles.sql with psql; 'already exists' errors are tolerated and returned, any other error fails."""
+    safe, env = child_env(dsn)
+    with roles_file.open("rb") as handle:
+        script = b"".join(compatible_bytes(handle, server_major))
+    result = subprocess.run(
+        [tools.path("psql"), "-X", "-q", "-d", safe, "-f", "-"], input=script, env=env, capture_output=True
+    )
+    stderr = result.stderr.decode("utf-8", errors="replace")
+    errors = [ln for ln in stderr.splitlines() if "ERROR:" in ln or "FATAL:" in ln]
+    fatal = [e for e in errors if "already exists" not in e]
+    if result.returncode != 0 or fatal:
+        raise BackupError(f"roles.sql failed: {redact(fatal[0] if fatal else stderr)}")
+    return [one_line(e) for e in errors]
+
+
+def table_dumps(backup: OpenedBackup) -> dict[tuple[str, str], TableDump]:
+    """The per-table tier as listed in the manifest (tier "table" files carry schema, table, kind)."""
+    rows = {(t["schema"], t["table"]): t.get("rows") or 0 for t in backup.manifest.get("tables", [])}
+    dumps: dict[tuple[str, str], TableDump] = {}
+    for entry in backup.entries("table"):
+        key = (entry["schema"], entry["table"])
+        dump = dumps.setdefault(key, TableDump(key[0], key[1], {}, rows.get(key, 0)))
+        dump.files[entry["kind"]] = entry["path"]
+        dump.after = [tuple(p) for p in entry.get("after", [])] or dump.after  # type: ignore[misc]
+    return dumps
+
+
+def _restore_tables(
+    backup: OpenedBackup, request: RestoreRequest, tools: PgTools, major: int, work: Path, result: RestoreResult
+) -> None:
+    available = table_dumps(backup)
+    missing = [t for t in request.tables if t not in available]
+    if missing:
+        raise BackupError(f"table {qualified(*missing[0])} is not in backup {backup.backup_id}")
+    chosen = [available[t] for t in dict.fromkeys(request.tables)]
+    needed_parents = {tuple(p) for t in chosen for p in t.after} - set(request.tables)
+    absent_parents = needed_parents - existing_tables(request.target_dsn, sorted(needed_parents))  # type: ignore[arg-type]
+    if absent_parents:
+        names = ", ".join(qualified(*p) for p in sorted(absent_parents))
+        raise BackupError(f"restore the parent table(s) {names} too (--table), or create them in the target first")
+    schemas = list(dict.fromkeys(t.schema for t in chosen))
+    populated = populated_schemas(request.target_dsn, schemas)
+    objects = {
+        e["schema"]: e["path"]
+        for e in backup.entries("schema_objects")
+        if e["schema"] in schemas and e["schema"] not in populated
+    }
+    for dump in chosen:
+        for rel in dump.files.values():
+            backup.fetch(rel, work)
+    for rel in objects.values():
+        backup.fetch(rel, work)
+    restore_tables(
+        work, chosen, request.target_dsn, psql=tools.path("psql"), schema_objects=objects, server_major=major
+    )
+    for dump in chosen:
+        result.steps.append(f"table {qualified(dump.schema, dump.table)}: {dump.rows} rows")
+    if objects:
+        result.notes.append(f"restored the types, functions and sequences of empty schema(s) {', '.join(objects)}")
+
+
+def _schema_entry(backup: OpenedBackup, schema: str) -> dict[str, Any]:
+    for entry in backup.entries("schema"):
+        if entry["schema"] == schema:
+            return entry
+    known = ", ".join(sorted(e["schema"] for e in backup.entries("schema")))
+    raise BackupError(f"schema {schema!r} is not in backup {backup.backup_id} (schemas: {known})")
+
+
+def restore_backup(
+    source: SourceConfig, request: RestoreRequest, log: Callable[[str], None] = lambda _: None
+) -> RestoreResult:
+    """Restore the requested tiers of a published backup into request.target_dsn."""
+    request.validate()
+    register_secret(conninfo_to_dict(request.target_dsn).get("password"))
+    started = time.monotonic()
+    backup = open_backup(source, request.backup_id)
+    result = RestoreResult(source.name, backup.backup_id, redact(request.target_dsn))
+    if not request.force:
+        source_dsn = source.dsn if source.dsn is not None else os.environ.get(source.dsn_env)
+        if note := check_not_source(request.target_dsn, source_dsn):
+            result.notes.append(note)
+    if request.create_db:
+        create_target_database(request.target_dsn)
+        result.steps.append(f"created database {conninfo_to_dict(request.target_dsn).get('dbname')}")
+    schema_entries = [_schema_entry(backup, s) for s in dict.fromkeys(request.schemas)]
+    major = server_major_of(request.target_dsn)
+    if major < int(backup.manifest.get("server_major") or 0):
+        result.notes.append(
+            f"target runs PostgreSQL {major}, older than the source's {backup.manifest['server_major']}"
+        )
+    tools = find_tools(source.pg_bin)
+    with work_dir() as tmp:
+        work = Path(tmp)
+        for tier in request.tiers:
+            log(f"restoring the {tier} tier of {backup.backup_id} into {result.target}")
+            if tier == "roles":
+                tolerated = restore_roles_file(tools, backup.fetch("roles.sql", work), request.target_dsn, major)
+                result.steps.append(f"roles ({len(tolerated)} already existed)")
+                result.notes += tolerated
+            elif tier == "full":
+                archive = backup.entries("full")[0]["path"]
+                result.notes += pg_restore(
+                    tools,
+                    backup.fetch(archive, work),
+                    request.target_dsn,
+                    jobs=request.jobs,
+                    clean=request.clean,
+                    server_major=major,
+                )
+                result.steps.append(f"full database from {archive}")
+            elif tier == "schema":
+                for entry in schema_entries:
+                    result.notes += pg_restore(
+                        tools,
+                        backup.fetch(entry["path"], work),
+                        request.target_dsn,
+                        jobs=request.jobs,
+                        clean=request.clean,
+                        server_major=major,
+                    )
+                    result.steps.append(f"schema {entry['schema']!r} from {entry['path']}")
+            else:
+                _restore_tables(backup, request, tools, major, work, result)
+    result.seconds = time.monotonic() - started
+    return result

@@ -1,0 +1,200 @@
+"""Restore any set of tables from the per-table tier with psql, in phases that make any subset restorable.
+
+Order (DESIGN.md): schemas, global objects, the schemas' objects (types, functions the tables need), every schema.sql,
+every data.sql, every post.sql, every fk.sql, then late objects (views …) when given. Within a phase,
+parents (partitioned/inherited tables) come before their children. Everything goes through one
+`psql -X -1 -v ON_ERROR_STOP=1` reading our stdin, so the restore is all or nothing and each line can be
+filtered for the target (sql_compat). psql reports stdin line numbers; they are mapped back to the file.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import io
+import re
+import secrets
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import psycopg
+
+from pg_backup_dagster.errors import BackupError, one_line
+from pg_backup_dagster.pg.conninfo import child_env
+from pg_backup_dagster.pg.sql_script import copy_compatible
+from pg_backup_dagster.tiers.table_split import KINDS, TableDump
+
+# psql learned \restrict in these minor releases (and in every 18+).
+_RESTRICT_SINCE = {13: 22, 14: 19, 15: 14, 16: 10, 17: 6}
+_PSQL_VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
+_PSQL_ERROR = re.compile(r"psql:<stdin>:(\d+):\s*(.*)")
+
+
+def quote_ident(name: str) -> str:
+    """SQL identifier quoting (every name is quoted: exact case, any character)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+@functools.lru_cache(maxsize=8)
+def psql_understands_restrict(psql: str) -> bool:
+    """Whether this psql knows \\restrict (17.6, 16.10, 15.14, 14.19, 13.22 and 18+)."""
+    try:
+        out = subprocess.run([psql, "--version"], capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    match = _PSQL_VERSION.search(out)
+    if not match:
+        return False
+    major, minor = int(match.group(1)), int(match.group(2) or 0)
+    return major >= 18 or minor >= _RESTRICT_SINCE.get(major, 10**6)
+
+
+def server_major_of(dsn: str) -> int:
+    """The target server's major version (decides which lines sql_compat drops)."""
+    try:
+        with psycopg.connect(dsn, connect_timeout=30) as conn:
+            return conn.info.server_version // 10000
+    except psycopg.Error as exc:
+        raise BackupError(f"cannot connect to the restore target: {exc}") from None
+
+
+def order_tables(tables: list[TableDump]) -> list[TableDump]:
+    """Parents before children (stable otherwise): partitions attach to, and inherit from, their parents."""
+    by_name = {(t.schema, t.table): t for t in tables}
+    ordered: list[TableDump] = []
+    placed: set[tuple[str, str]] = set()
+
+    def place(table: TableDump, path: tuple[tuple[str, str], ...]) -> None:
+        key = (table.schema, table.table)
+        if key in placed or key in path:
+            return
+        for parent in table.after:
+            if tuple(parent) in by_name:
+                place(by_name[tuple(parent)], (*path, key))  # type: ignore[index]
+        placed.add(key)
+        ordered.append(table)
+
+    for table in tables:
+        place(table, ())
+    return ordered
+
+
+@dataclass
+class _Source:
+    """One piece of the psql input: a file of the backup, or generated SQL with a label."""
+
+    label: str
+    path: Path | None = None
+    text: bytes = b""
+
+
+def restore_plan(
+    backup_dir: Path,
+    tables: list[TableDump],
+    schema_objects: dict[str, str] | None = None,
+    global_objects: str | None = None,
+    late_objects: str | None = None,
+) -> list[_Source]:
+    """The phases as a list of sources, in the order psql must read them."""
+    ordered = order_tables(tables)
+    schemas = list(dict.fromkeys([t.schema for t in ordered] + list(schema_objects or {})))
+    create = "".join(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(s)};\n" for s in schemas)
+    sources = [_Source("CREATE SCHEMA", text=create.encode())]
+    sources += [_Source(global_objects, backup_dir / global_objects)] if global_objects else []
+    sources += [_Source(rel, backup_dir / rel) for rel in (schema_objects or {}).values()]
+    for kind in KINDS:
+        sources += [_Source(t.files[kind], backup_dir / t.files[kind]) for t in ordered if kind in t.files]
+    sources += [_Source(late_objects, backup_dir / late_objects)] if late_objects else []
+    missing = [s.label for s in sources if s.path is not None and not s.path.is_file()]
+    if missing:
+        raise BackupError(f"per-table restore: {len(missing)} file(s) missing in {backup_dir}, first {missing[0]}")
+    return sources
+
+
+class _LineMap:
+    """Maps psql's stdin line numbers back to the file that held the line."""
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.labels: list[str] = []
+        self.lines = 0
+
+    def begin(self, label: str) -> None:
+        self.starts.append(self.lines + 1)
+        self.labels.append(label)
+
+    def label_of(self, line_number: int) -> tuple[str, int]:
+        index = max(bisect.bisect_right(self.starts, line_number) - 1, 0)
+        return self.labels[index], line_number - self.starts[index] + 1
+
+
+def _feed(stdin: BinaryIO, sources: list[_Source], server_major: int, restrict: bool, line_map: _LineMap) -> None:
+    """Write every source, filtered for the target, wrapped in one \\restrict of our own when psql has it."""
+    key = secrets.token_hex(16).encode()
+    if restrict:
+        stdin.write(b"\\restrict " + key + b"\n")
+        line_map.lines = 1
+    for source in sources:
+        line_map.begin(source.label)
+        if source.path is None:
+            line_map.lines += copy_compatible(io.BytesIO(source.text), stdin.write, server_major)
+            continue
+        with source.path.open("rb") as handle:
+            line_map.lines += copy_compatible(handle, stdin.write, server_major)
+    if restrict:
+        stdin.write(b"\\unrestrict " + key + b"\n")
+
+
+def restore_tables(
+    backup_dir: Path,
+    tables: list[TableDump],
+    dsn: str,
+    *,
+    psql: str,
+    env: dict[str, str] | None = None,
+    schema_objects: dict[str, str] | None = None,
+    server_major: int | None = None,
+    global_objects: str | None = None,
+    late_objects: str | None = None,
+) -> None:
+    """Restore `tables` (and the given schemas' objects) into the database at dsn, all or nothing.
+
+    Restoring a partition or an inheriting table needs its parents in `tables` too. `global_objects`
+    (extensions, large objects, …) runs before the schemas' objects; pass `late_objects` (views, …) only
+    when every table they read is restored as well.
+    """
+    sources = restore_plan(Path(backup_dir), tables, schema_objects, global_objects, late_objects)
+    major = server_major if server_major is not None else server_major_of(dsn)
+    conninfo, environment = child_env(dsn, env)
+    args = [psql, "-X", "-q", "-1", "-v", "ON_ERROR_STOP=1", "-d", conninfo, "-f", "-"]
+    line_map = _LineMap()
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err, env=environment)
+        assert proc.stdin is not None
+        try:
+            _feed(proc.stdin, sources, major, psql_understands_restrict(psql), line_map)
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass  # psql stopped on an error: its message says why
+        except BaseException:
+            proc.kill()
+            raise
+        finally:
+            code = proc.wait()
+        err.seek(0)
+        stderr = err.read().decode("utf-8", errors="replace")
+    if code != 0:
+        raise BackupError(_failure_message(stderr, line_map))
+
+
+def _failure_message(stderr: str, line_map: _LineMap) -> str:
+    """psql's first error, naming the backup file (and line in it) it came from."""
+    for line in stderr.splitlines():
+        match = _PSQL_ERROR.match(line)
+        if match and ("ERROR" in match.group(2) or "FATAL" in match.group(2) or "error" in match.group(2)):
+            label, file_line = line_map.label_of(int(match.group(1)))
+            return f"per-table restore failed in {label} line {file_line}: {match.group(2)}"
+    return f"per-table restore failed: psql: {one_line(stderr) or 'no message'}"

@@ -1,0 +1,149 @@
+"""Apply a retention plan to one source's storage and Dagster instance.
+
+The planner (retention.py) decides from records; this module builds those records from what is really
+published (manifests under the source's own prefix, nothing else), adds the one guard the planner cannot
+know about (the backup latest.json points to is never deleted), then deletes backups and the dynamic
+partition keys of what it deleted. The CLI, the `retention_{source}` job and the after-backup hook all
+come through `run_retention`, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import dagster as dg
+
+from pg_backup_dagster.backup.backup_id import parse_backup_id
+from pg_backup_dagster.config import SourceConfig
+from pg_backup_dagster.constants import backup_job_name
+from pg_backup_dagster.errors import BackupError
+from pg_backup_dagster.retention.policy import BackupRecord, RetentionPlan, plan_retention
+from pg_backup_dagster.storage import BackupStorage
+from pg_backup_dagster.storage.base import DEFAULT_GC_MIN_AGE
+
+LATEST_GUARD = "latest.json points here"
+# A run in one of these states may still be writing its staging dir.
+ACTIVE_RUN_STATUSES = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
+
+
+@dataclass
+class RetentionResult:
+    """The plan as applied: what was kept and why, what went (or would go), what could not be read."""
+
+    source: str
+    location: str
+    plan: RetentionPlan
+    skipped: dict[str, str] = field(default_factory=dict)
+    deleted: list[str] = field(default_factory=list)
+
+    def lines(self, applied: bool) -> list[str]:
+        """One line per backup, oldest first, for the CLI and the run log."""
+        rows = [(r.backup_id, "keep", self.plan.reasons[r.backup_id]) for r in self.plan.keep]
+        gone = "deleted" if applied else "delete"
+        rows += [(r.backup_id, gone, self.plan.reasons[r.backup_id]) for r in self.plan.delete]
+        rows += [(backup_id, "skip", why) for backup_id, why in self.skipped.items()]
+        return [f"{action:<7} {backup_id}  {why}" for backup_id, action, why in sorted(rows)]
+
+
+def load_records(storage: BackupStorage, source: str) -> tuple[list[BackupRecord], dict[str, str]]:
+    """Records of the source's published backups; anything unreadable or not ours is skipped, never deleted."""
+    records: list[BackupRecord] = []
+    skipped: dict[str, str] = {}
+    for backup_id in storage.list_backups(source):
+        try:
+            started = parse_backup_id(backup_id)
+            manifest = storage.read_manifest(source, backup_id)
+        except BackupError as exc:
+            skipped[backup_id] = f"not considered: {exc}"
+            continue
+        if manifest.get("source") != source or manifest.get("backup_id") != backup_id:
+            skipped[backup_id] = "not considered: manifest names another source or backup id"
+            continue
+        records.append(BackupRecord(backup_id, started, manifest.get("passed") is True))
+    return records, skipped
+
+
+def guard_latest(plan: RetentionPlan, latest_id: str | None) -> RetentionPlan:
+    """Move the backup latest.json points to from delete to keep: restores start from it."""
+    doomed = [r for r in plan.delete if r.backup_id == latest_id]
+    if not doomed:
+        return plan
+    keep = sorted([*plan.keep, *doomed], key=lambda r: r.backup_id)
+    delete = [r for r in plan.delete if r.backup_id != latest_id]
+    return RetentionPlan(keep=keep, delete=delete, reasons={**plan.reasons, latest_id: LATEST_GUARD})
+
+
+def plan_for_source(source: SourceConfig, storage: BackupStorage, now: datetime | None = None) -> RetentionResult:
+    """The plan for one source as it stands in storage, with the latest.json guard applied."""
+    records, skipped = load_records(storage, source.name)
+    plan = plan_retention(records, source.retention, now or datetime.now(UTC))
+    latest = storage.read_latest(source.name) or {}
+    plan = guard_latest(plan, latest.get("backup_id"))
+    return RetentionResult(source.name, storage.url, plan, skipped)
+
+
+def run_retention(
+    source: SourceConfig,
+    storage: BackupStorage,
+    instance: dg.DagsterInstance | None,
+    *,
+    apply: bool,
+    now: datetime | None = None,
+) -> RetentionResult:
+    """Plan, and with apply delete each planned backup (manifest first) and then its partition key."""
+    result = plan_for_source(source, storage, now)
+    if not apply:
+        return result
+    known = set(instance.get_dynamic_partitions(source.partitions_name)) if instance is not None else set()
+    for record in result.plan.delete:
+        storage.delete_backup(source.name, record.backup_id)
+        if record.backup_id in known:
+            instance.delete_dynamic_partition(source.partitions_name, record.backup_id)
+        result.deleted.append(record.backup_id)
+    return result
+
+
+def other_backup_running(instance: dg.DagsterInstance, source: SourceConfig, run_id: str | None) -> bool:
+    """True while another run of this source's backup job is queued or running: its staging is not litter."""
+    runs = instance.get_runs(filters=dg.RunsFilter(job_name=backup_job_name(source), statuses=ACTIVE_RUN_STATUSES))
+    return any(run.run_id != run_id for run in runs)
+
+
+def after_publish(
+    source: SourceConfig,
+    storage: BackupStorage,
+    instance: dg.DagsterInstance | None,
+    run_id: str | None,
+    logger: logging.Logger,
+) -> None:
+    """After a published backup: sweep old leftovers of failed runs, then retention if configured.
+
+    The backup is already published and latest.json moved, so a failure here is logged, not raised:
+    failing the run would report a good backup as bad. Leftovers are swept only while no other backup
+    run of the source is in progress, and only if untouched for min_age, so a concurrent run (say, one
+    in a long restore check) keeps its staging.
+    """
+    if instance is not None and other_backup_running(instance, source, run_id):
+        logger.info("another backup run of this source is in progress: leftover cleanup skipped")
+    else:
+        try:
+            for path in storage.gc(source.name, min_age=DEFAULT_GC_MIN_AGE):
+                logger.info(f"removed leftover of an earlier failed run: {path}")
+        except BackupError as exc:
+            logger.warning(f"cleanup of earlier failed runs incomplete (run `pg-backup-dagster gc`): {exc}")
+    if not source.retention_after_backup:
+        return
+    try:
+        result = run_retention(source, storage, instance, apply=True)
+    except BackupError as exc:
+        logger.error(f"retention after backup failed: {exc}")
+        return
+    for backup_id in result.deleted:
+        logger.info(f"retention deleted backup {backup_id} ({result.plan.reasons[backup_id]})")

@@ -1,0 +1,221 @@
+"""What each check verifies, without Dagster: restore the full archive, read every schema archive, restore the
+per-table files, load the roles. Each returns a CheckOutcome the Dagster check and the manifest record."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pg_backup_dagster.config import SourceConfig
+from pg_backup_dagster.defs.context import StepContext
+from pg_backup_dagster.defs.metadata import row_counts_table
+from pg_backup_dagster.errors import BackupError, one_line
+from pg_backup_dagster.pg.conninfo import child_env
+from pg_backup_dagster.pg.local_server import ephemeral_server
+from pg_backup_dagster.pg.profiles import roles_sql_has_password_hash
+from pg_backup_dagster.restore.tables import restore_tables
+from pg_backup_dagster.tiers.table_split import TableDump
+from pg_backup_dagster.verify.test_restore import restore_and_compare, restored_counts, scratch_database
+
+DEFAULT_TABLE_SAMPLE_LIMIT = 1000
+
+
+@dataclass
+class CheckOutcome:
+    """A check's verdict, a one-line description, UI metadata, and the JSON kept in the manifest."""
+
+    passed: bool
+    description: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def record(self) -> dict[str, Any]:
+        return {"passed": self.passed, "description": self.description, "seconds": round(self.seconds, 3),
+                **self.details}
+
+
+def restore_url_for(source: SourceConfig) -> str | None:
+    return os.environ.get(source.restore_url_env) if source.restore_url_env else None
+
+
+def _differences_text(rows: list[dict]) -> str:
+    shown = ", ".join(f"{r['schema']}.{r['table']} (expected {r['expected']}, restored {r['restored']})"
+                      for r in rows[:10])
+    return shown + (f" and {len(rows) - 10} more" if len(rows) > 10 else "")
+
+
+def check_full_restore(
+    step: StepContext, source: SourceConfig, restore_url: str | None, stub_roles: Sequence[str]
+) -> CheckOutcome:
+    """pg_restore -j the full archive into a throwaway database and compare exact row counts.
+
+    pg_restore errors fail the check unless they match a pattern the source lists explicitly in
+    `accepted_restore_errors` (empty by default).
+    """
+    expected = step.staging.load("dumps")["row_counts"]
+    started = time.monotonic()
+    report = restore_and_compare(
+        step.pg.tools(), step.staging.full_dump, expected, restore_url=restore_url, jobs=source.restore_jobs,
+        accepted_errors=list(source.accepted_restore_errors), stub_roles=stub_roles,
+    )
+    differing = report.differing
+    if report.errors:
+        description = f"pg_restore failed: {report.errors[0]}"
+    elif differing:
+        description = f"{len(differing)} table(s) differ: {_differences_text(differing)}"
+    else:
+        description = f"restored {len(report.tables)} tables with identical row counts in {report.seconds:.1f}s"
+    return CheckOutcome(
+        passed=report.passed,
+        description=description,
+        metadata={
+            "restore_duration_s": round(report.seconds, 3),
+            "tables_checked": len(report.tables),
+            "tables_differing": len(differing),
+            "restore_errors": len(report.errors),
+            "row_counts": row_counts_table(report.tables),
+            "target": "restore server (PG_BACKUP_RESTORE_URL)" if restore_url else "ephemeral local server",
+        },
+        details={"restore_seconds": round(report.seconds, 3), "tables_checked": len(report.tables),
+                 "differing": differing, "errors": report.errors, "accepted_errors": report.accepted_errors},
+        seconds=time.monotonic() - started,
+    )
+
+
+def _archive_readable(pg_restore: str, path) -> str | None:
+    result = subprocess.run([pg_restore, "--list", str(path)], capture_output=True, text=True, check=False)
+    return None if result.returncode == 0 else one_line(result.stderr) or "pg_restore --list failed"
+
+
+def check_schema_archives(step: StepContext) -> CheckOutcome:
+    """Every user schema has exactly one readable archive, and no archive is extra."""
+    started = time.monotonic()
+    dumps = step.staging.load("dumps")
+    expected = {item["path"] for item in dumps["schemas"]}
+    found = {p.relative_to(step.staging.root).as_posix()
+             for p in step.staging.root.glob(f"*/*_schema_{step.backup_id}.dump")}
+    problems = [f"missing {p}" for p in sorted(expected - found)] + [f"extra {p}" for p in sorted(found - expected)]
+    pg_restore = step.pg.tools().path("pg_restore")
+    for rel in sorted(expected & found):
+        if error := _archive_readable(pg_restore, step.staging.root / rel):
+            problems.append(f"unreadable {rel}: {error}")
+    passed = not problems
+    return CheckOutcome(
+        passed=passed,
+        description=f"{len(expected)} schema archives readable" if passed else "; ".join(problems[:5]),
+        metadata={"schemas": len(expected), "problems": len(problems)},
+        details={"schemas": len(expected), "problems": problems},
+        seconds=time.monotonic() - started,
+    )
+
+
+def sample_tables(tables: list[dict], sample: int | None, seed: str) -> list[dict]:
+    """All tables under the default limit; otherwise a reproducible sample (seeded by the backup id)."""
+    limit = sample if sample is not None else DEFAULT_TABLE_SAMPLE_LIMIT
+    if len(tables) <= limit:
+        return tables
+    by_name = {(t["schema"], t["table"]): t for t in tables}
+    chosen = {(t["schema"], t["table"]) for t in random.Random(seed).sample(tables, limit)}
+    pending = list(chosen)
+    while pending:  # a partition or inheriting table restores only with its parents
+        for parent in by_name[pending.pop()].get("after", []):
+            if tuple(parent) not in chosen and tuple(parent) in by_name:
+                chosen.add(tuple(parent))
+                pending.append(tuple(parent))
+    return [by_name[key] for key in sorted(chosen)]
+
+
+def check_table_files(
+    step: StepContext, restore_url: str | None, sample: int | None, stub_roles: Sequence[str]
+) -> CheckOutcome:
+    """Every table has schema.sql and data.sql; the sampled ones restore their exact rows into a scratch db."""
+    started = time.monotonic()
+    tier = step.staging.load("tables")
+    dumped = {(r["schema"], r["table"]): r["rows"] for r in step.staging.load("dumps")["row_counts"]}
+    missing = [f"{t['schema']}.{t['table']}: {kind}" for t in tier["tables"] for kind in ("schema", "data")
+               if kind not in t["files"] or not (step.staging.root / t["files"][kind]).is_file()]
+    absent = sorted(f"{s}.{t}" for (s, t) in set(dumped) - {(t["schema"], t["table"]) for t in tier["tables"]})
+    chosen = sample_tables(tier["tables"], sample, step.backup_id)
+    rows: list[dict] = []
+    error = None
+    if not missing and not absent:
+        try:
+            rows = _restore_sample(step, restore_url, chosen, tier, dumped, stub_roles)
+        except BackupError as exc:
+            error = str(exc)
+    differing = [r for r in rows if r["expected"] != r["restored"]]
+    passed = not (missing or absent or differing or error)
+    description = (
+        f"{len(tier['tables'])} tables have their files; {len(rows)} restored with identical rows" if passed
+        else "; ".join(filter(None, [
+            f"missing files: {', '.join(missing[:5])}" if missing else "",
+            f"tables without files: {', '.join(absent[:5])}" if absent else "",
+            f"restore failed: {error}" if error else "",
+            f"{len(differing)} table(s) differ: {_differences_text(differing)}" if differing else "",
+        ]))
+    )
+    return CheckOutcome(
+        passed=passed, description=description,
+        metadata={"tables": len(tier["tables"]), "restored": len(rows), "tables_differing": len(differing),
+                  "row_counts": row_counts_table(rows)},
+        details={"tables": len(tier["tables"]), "restored": len(rows), "missing": missing, "absent": absent,
+                 "differing": differing, "error": error},
+        seconds=time.monotonic() - started,
+    )
+
+
+def late_objects_for(tables: list[TableDump], tier: dict) -> str | None:
+    """Views and other late objects read arbitrary tables: restore them only when every table is restored."""
+    return tier["global_objects_late"] if len(tables) == len(tier["tables"]) else None
+
+
+def _restore_sample(
+    step: StepContext, restore_url, chosen: list[dict], tier: dict, dumped: dict, stub_roles: Sequence[str]
+) -> list[dict]:
+    tables = [TableDump(**t) for t in chosen]
+    if len(tables) < len(tier["tables"]):  # a sample: a foreign key may reference a table left out of it
+        tables = [TableDump(**{**t, "files": {k: v for k, v in t["files"].items() if k != "fk"}}) for t in chosen]
+    with scratch_database(restore_url, stub_roles=stub_roles) as dsn:
+        restore_tables(step.staging.root, tables, dsn, psql=step.pg.tools().path("psql"),
+                       schema_objects=tier["schema_objects"], global_objects=tier["global_objects"],
+                       late_objects=late_objects_for(tables, tier))
+        expected = [{"schema": t.schema, "table": t.table, "rows": dumped.get((t.schema, t.table), t.rows)}
+                    for t in tables]
+        return restored_counts(dsn, expected)
+
+
+_ALREADY_EXISTS = re.compile(r"already exists")
+
+
+def check_roles_file(step: StepContext) -> CheckOutcome:
+    """roles.sql exists, carries no password hash, and psql loads it (existing roles may already exist)."""
+    started = time.monotonic()
+    path = step.staging.roles_file
+    if not path.is_file():
+        return CheckOutcome(False, "roles.sql is missing")
+    text = path.read_text(encoding="utf-8")
+    if roles_sql_has_password_hash(text):
+        return CheckOutcome(False, "roles.sql contains password hashes")
+    with ephemeral_server() as server:
+        safe_dsn, env = child_env(server.dsn())
+        result = subprocess.run(
+            [step.pg.tools().path("psql"), "-X", "-q", "-d", safe_dsn, "-f", str(path)],
+            capture_output=True, text=True, env=env, check=False,
+        )
+    errors = [line for line in result.stderr.splitlines() if "ERROR" in line and not _ALREADY_EXISTS.search(line)]
+    roles = text.count("CREATE ROLE")
+    passed = result.returncode == 0 and not errors
+    return CheckOutcome(
+        passed=passed,
+        description=f"{roles} roles load into a scratch server" if passed else f"roles.sql: {one_line(errors[0] if errors else result.stderr)}",
+        metadata={"roles": roles, "size_bytes": path.stat().st_size},
+        details={"roles": roles, "errors": errors[:10]},
+        seconds=time.monotonic() - started,
+    )
