@@ -11,8 +11,8 @@ import psycopg
 from psycopg import sql
 
 from benchmarks.measure import Sample, measured
-from pg_backup_dagster.backup.dumps import exact_pattern
 from pg_backup_dagster.pg.conninfo import split_password
+from pg_backup_dagster.pg.sql import quote_ident
 from pg_backup_dagster.pg.tools import PgTools
 
 COMPRESSIONS = ("gzip", "gzip:1", "zstd", "lz4", "none")
@@ -109,11 +109,11 @@ def per_object_dump(tools: PgTools, dsn: str, schemas: list[str], tables: list[t
     """The approach this project replaces: one pg_dump per schema plus two per table, 8 at a time."""
     pg_dump = tools.path("pg_dump")
     jobs: list[list[str]] = [
-        [pg_dump, "--format=custom", f"--schema={exact_pattern(s)}", "--file", str(work / f"schema_{i}.dump")]
+        [pg_dump, "--format=custom", f"--schema={quote_ident(s)}", "--file", str(work / f"schema_{i}.dump")]
         for i, s in enumerate(schemas)
     ]
     for i, (schema, table) in enumerate(tables):
-        pattern = f"{exact_pattern(schema)}.{exact_pattern(table)}"
+        pattern = quote_ident(schema, table)
         jobs.append([pg_dump, "--schema-only", f"--table={pattern}", "--file", str(work / f"t{i}_schema.sql")])
         jobs.append([pg_dump, "--data-only", f"--table={pattern}", "--file", str(work / f"t{i}_data.sql")])
     work.mkdir(parents=True, exist_ok=True)

@@ -18,11 +18,12 @@ import psycopg
 from benchmarks.baselines import run_pg_tool
 from benchmarks.measure import Sample, measured
 from pg_backup_dagster.backup.backup_id import new_backup_id
-from pg_backup_dagster.backup.dumps import exact_pattern, exact_row_counts
+from pg_backup_dagster.backup.dumps import exact_row_counts
 from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.definitions import build_definitions
 from pg_backup_dagster.defs.assets import FULL, ROLES, SCHEMAS, TABLES, asset_key
 from pg_backup_dagster.defs.partitions import backups_partitions_def
+from pg_backup_dagster.pg.sql import quote_ident
 from pg_backup_dagster.pg.tools import PgTools
 from pg_backup_dagster.tiers.catalog import fetch_table_catalog
 from pg_backup_dagster.tiers.live_split import split_archive
@@ -124,7 +125,7 @@ def schema_dumps_alone(tools: PgTools, dsn: str, schemas: list[str], work: Path,
             "--format=custom",
             "--no-owner",
             "--no-privileges",
-            f"--schema={exact_pattern(s)}",
+            f"--schema={quote_ident(s)}",
             "--strict-names",
             "--file",
             str(work / f"{i}.dump"),

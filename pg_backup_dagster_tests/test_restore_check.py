@@ -129,8 +129,8 @@ def partitioned_archive(pg18, tmp_path_factory):
 def _foreign_keys(path) -> tuple[list, set[int]]:
     import subprocess
 
-    from pg_backup_dagster.tiers.table_split import parse_toc
-    from pg_backup_dagster.verify.test_restore import serial_foreign_keys
+    from pg_backup_dagster.restore.runner import serial_foreign_keys
+    from pg_backup_dagster.tiers.archive import parse_toc
 
     listing = subprocess.run([find_tools().path("pg_restore"), "-l", "-v", str(path)], capture_output=True,
                              text=True, check=True).stdout
@@ -148,7 +148,7 @@ def test_only_foreign_keys_touching_partitions_or_inheritance_are_serial(partiti
 
 
 def test_plain_foreign_keys_stay_in_the_parallel_pass(archive, partitioned_archive):
-    from pg_backup_dagster.verify.test_restore import restore_passes
+    from pg_backup_dagster.restore.runner import restore_passes
 
     def fk_tables(listing: str) -> set[str]:
         return {line.split(" FK CONSTRAINT ")[1].split()[1] for line in listing.splitlines() if " FK CONSTRAINT " in line}

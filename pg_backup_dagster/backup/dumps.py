@@ -12,18 +12,15 @@ import psycopg
 
 from pg_backup_dagster.backup.row_counts import count_rows
 from pg_backup_dagster.backup.staging import Staging
-from pg_backup_dagster.defs.resources import PostgresResource
 from pg_backup_dagster.files import atomic_path, temp_path
 from pg_backup_dagster.pg.profiles import filter_roles_sql, get_profile
+from pg_backup_dagster.pg.source import SourceDatabase
+from pg_backup_dagster.pg.sql import SYSTEM_SCHEMA_FILTER, quote_ident
+from pg_backup_dagster.tiers.archive import UnsupportedArchive, read_archive
 from pg_backup_dagster.tiers.catalog import fetch_table_catalog
 from pg_backup_dagster.tiers.paths import encode_segment
-from pg_backup_dagster.tiers.schema_cut import UnsupportedArchive, copy_archive_for_schema, read_archive
+from pg_backup_dagster.tiers.schema_cut import copy_archive_for_schema
 from pg_backup_dagster.tiers.table_tier import TableTierSplit
-
-SYSTEM_SCHEMA_FILTER = (
-    "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' "
-    "AND n.nspname NOT LIKE 'pg\\_temp%'"
-)
 
 
 def app_name(backup_id: str, tier: str) -> str:
@@ -41,7 +38,7 @@ class DumpedFile:
     schema: str | None = None
 
 
-def dump_roles(pg: PostgresResource, staging: Staging, profile_name: str) -> DumpedFile:
+def dump_roles(pg: SourceDatabase, staging: Staging, profile_name: str) -> DumpedFile:
     """pg_dumpall --roles-only without password hashes; stderr never lands in the file."""
     profile = get_profile(profile_name)
     started = time.monotonic()
@@ -75,12 +72,7 @@ def exact_row_counts(conn: psycopg.Connection, excluded: frozenset[str]) -> list
     return [{"schema": s, "table": t, "rows": n} for (s, t), n in zip(wanted, counts, strict=True)]
 
 
-def exact_pattern(name: str) -> str:
-    """A pg_dump -n/-N pattern that matches exactly this name (no wildcard or case folding)."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _pg_dump(pg: PostgresResource, out: Path, snapshot: str, app: str, extra: list[str]) -> float:
+def _pg_dump(pg: SourceDatabase, out: Path, snapshot: str, app: str, extra: list[str]) -> float:
     started = time.monotonic()
     with atomic_path(out) as tmp:
         args = ["--format=custom", "--no-owner", "--no-privileges", f"--snapshot={snapshot}", "--file", str(tmp)]
@@ -102,7 +94,7 @@ def clear_dump_outputs(staging: Staging) -> None:
 
 
 def dump_full_and_schemas(
-    pg: PostgresResource, staging: Staging, profile_name: str, *, schema_tier: bool = True, table_tier: bool = True
+    pg: SourceDatabase, staging: Staging, profile_name: str, *, schema_tier: bool = True, table_tier: bool = True
 ) -> dict:
     """Export one snapshot; dump the whole database in it, then give every user schema its own archive.
 
@@ -118,7 +110,7 @@ def dump_full_and_schemas(
     bid = staging.backup_id
     with pg.exported_snapshot(app_name(bid, "snapshot")) as (conn, snapshot):
         schemas = user_schemas(conn, excluded) if schema_tier else []
-        exclude_args = [f"--exclude-schema={exact_pattern(s)}" for s in sorted(excluded)]
+        exclude_args = [f"--exclude-schema={quote_ident(s)}" for s in sorted(excluded)]
         dump_done = threading.Event()
         with ThreadPoolExecutor(max_workers=2) as pool:
             full = pool.submit(_pg_dump, pg, staging.full_dump, snapshot, app_name(bid, "full"), exclude_args)
@@ -155,13 +147,13 @@ def cut_schema_archives(staging: Staging, schemas: list[str]) -> list[dict]:
     return files
 
 
-def dump_schema_archives(pg: PostgresResource, staging: Staging, schemas: list[str], snapshot: str) -> list[dict]:
+def dump_schema_archives(pg: SourceDatabase, staging: Staging, schemas: list[str], snapshot: str) -> list[dict]:
     """One pg_dump per schema in the exported snapshot, in parallel under the connection budget."""
     app = app_name(staging.backup_id, "schema")
     with ThreadPoolExecutor(max_workers=max(1, pg.max_connections - 1)) as pool:
         per_schema = {
             schema: pool.submit(_pg_dump, pg, staging.schema_dump(encode_segment(schema)), snapshot, app,
-                                [f"--schema={exact_pattern(schema)}", "--strict-names"])
+                                [f"--schema={quote_ident(schema)}", "--strict-names"])
             for schema in schemas
         }
         return [asdict(_schema_file(staging, s, f.result())) for s, f in per_schema.items()]

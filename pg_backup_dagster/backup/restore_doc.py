@@ -12,6 +12,7 @@ from typing import Any
 
 from pg_backup_dagster.backup.staging import Staging
 from pg_backup_dagster.files import atomic_path, sha256_file
+from pg_backup_dagster.pg.sql import quote_ident
 
 # Drops what an older psql or server rejects, never data: \restrict/\unrestrict (unknown to psql before
 # 17.6/16.10/15.14; COPY data never starts with `\u` or `\r`), and `SET transaction_timeout` (servers before 17),
@@ -24,13 +25,9 @@ COMPAT_FUNCTION = (
 EXCLUDED_NOTE = "(names are shown SQL-quoted, with control characters escaped)"
 
 
-def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def shown(*names: str) -> str:
     """A qualified name on one line: SQL-quoted, newlines and tabs escaped so the index stays one line per table."""
-    text = ".".join(quote_ident(n) for n in names)
+    text = quote_ident(*names)
     return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
 
 

@@ -31,10 +31,3 @@ def count_rows(conn: psycopg.Connection, tables: Sequence[tuple[str, str]]) -> l
         counts += [rows[i] for i in range(len(batch))]
     return counts
 
-
-def existing_tables(conn: psycopg.Connection) -> set[tuple[str, str]]:
-    rows = conn.execute(
-        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE c.relkind IN ('r', 'p')"
-    ).fetchall()
-    return {(schema, table) for schema, table in rows}

@@ -10,7 +10,8 @@ from pg_backup_dagster.backup.backup_id import validate_backup_id
 from pg_backup_dagster.backup.staging import Staging
 from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.constants import postgres_key, target_key
-from pg_backup_dagster.defs.resources import BackupTargetResource, PostgresResource
+from pg_backup_dagster.defs.resources import BackupTargetResource
+from pg_backup_dagster.pg.source import SourceDatabase
 from pg_backup_dagster.storage import BackupStorage
 
 
@@ -19,7 +20,7 @@ class StepContext:
     """The pieces of one backup step, resolved once per step."""
 
     backup_id: str
-    pg: PostgresResource
+    pg: SourceDatabase
     storage: BackupStorage
     staging: Staging
 
@@ -30,7 +31,7 @@ def step_context(
     """Validate the partition key before any work and locate this backup's staging folder."""
     op_context = getattr(context, "op_execution_context", context)
     backup_id = validate_backup_id(op_context.partition_key)
-    pg: PostgresResource = getattr(context.resources, postgres_key(source))
+    pg = getattr(context.resources, postgres_key(source)).database()
     target: BackupTargetResource = getattr(context.resources, target_key(source))
     storage = target.open()
     staging_root = storage.staging_dir(source.name, backup_id)

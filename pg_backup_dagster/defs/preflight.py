@@ -6,7 +6,7 @@ import os
 
 from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.constants import postgres_key, target_key
-from pg_backup_dagster.defs.resources import PostgresResource, source_resources
+from pg_backup_dagster.defs.resources import source_resources
 from pg_backup_dagster.errors import BackupError, register_secret
 
 
@@ -22,6 +22,6 @@ def preflight(source: SourceConfig) -> None:
     """DSN present, target writable, server reachable with these credentials, pg_dump new enough."""
     resources = source_resources(source, dsn=source_dsn(source))
     resources[target_key(source)].open()
-    pg: PostgresResource = resources[postgres_key(source)]
+    pg = resources[postgres_key(source)].database()
     register_secret(pg.conn_params().get("password"))
     pg.server_major(f"pg_backup_dagster/preflight/{source.name}")

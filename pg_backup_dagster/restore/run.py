@@ -8,9 +8,7 @@ so a tampered or truncated file is never restored. psql-fed tiers are filtered f
 
 from __future__ import annotations
 
-import contextlib
 import os
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -24,13 +22,13 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.errors import BackupError, one_line, redact, register_secret
-from pg_backup_dagster.pg.conninfo import child_env
-from pg_backup_dagster.pg.sql_script import compatible_bytes, copy_compatible
+from pg_backup_dagster.pg.sql import existing_tables, quote_ident, server_major_at
 from pg_backup_dagster.pg.tools import PgTools, find_tools
-from pg_backup_dagster.restore.tables import restore_tables, server_major_of
+from pg_backup_dagster.restore.roles import restore_roles_file
+from pg_backup_dagster.restore.runner import pg_restore
+from pg_backup_dagster.restore.tables import restore_tables
 from pg_backup_dagster.storage import BackupStorage, open_storage
 from pg_backup_dagster.tiers.table_split import TableDump
-from pg_backup_dagster.verify.test_restore import restore_passes
 
 TARGET_ENV = "PG_BACKUP_RESTORE_TO"
 WORK_DIR_ENV = "PG_BACKUP_WORK_DIR"
@@ -76,11 +74,6 @@ def _quoted_part(text: str, start: int) -> tuple[str, int]:
         out.append(text[i])
         i += 1
     raise BackupError(f"table name {text!r}: unterminated quote")
-
-
-def qualified(schema: str, table: str) -> str:
-    """How a table is shown to a person: always quoted, so any name reads back exactly."""
-    return sql.Identifier(schema, table).as_string(None)
 
 
 @dataclass(frozen=True)
@@ -229,105 +222,7 @@ def populated_schemas(dsn: str, schemas: list[str]) -> set[str]:
         return {r[0] for r in conn.execute(query, [schemas]).fetchall()}
 
 
-def existing_tables(dsn: str, tables: list[tuple[str, str]]) -> set[tuple[str, str]]:
-    found = set()
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        for schema, table in tables:
-            query = "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE nspname = %s AND relname = %s"
-            if conn.execute(query, [schema, table]).fetchone():
-                found.add((schema, table))
-    return found
-
-
 # --- the tiers ------------------------------------------------------------------------------------
-
-
-# pg_restore --clean drops a partition's inherited primary key before its parent's, which PostgreSQL refuses;
-# dropping the parent's key right after removes it anyway, so this one error of the drop phase is harmless.
-_HARMLESS_CLEAN_ERRORS = ("cannot drop inherited constraint",)
-
-
-def pg_restore(tools: PgTools, archive: Path, dsn: str, *, jobs: int, clean: bool, server_major: int) -> list[str]:
-    """pg_restore without owners or grants (the target's roles may differ); returns the harmless errors of --clean.
-
-    Without --clean the restore stops at the first error. With it, pg_restore must go on past the known
-    harmless drop error, so every error is read and any other one fails the restore. A target older than
-    pg_restore gets the archive as SQL through the compatibility filter and psql (pg_restore 18 sends
-    `SET transaction_timeout` even to servers that do not know it), in one transaction unless --clean.
-    """
-    options = ["--no-owner", "--no-privileges", *(["--clean", "--if-exists"] if clean else [])]
-    if server_major < tools.major:
-        returncode, stderr = _pg_restore_through_psql(tools, archive, dsn, options, clean, server_major)
-    else:
-        safe, env = child_env(dsn)
-        argv = [tools.path("pg_restore"), *options, *([] if clean else ["--exit-on-error"]), "--dbname", safe]
-        returncode, stderr = 0, ""
-        # --clean keeps one pass, so its drops stay in dependency order
-        single = contextlib.nullcontext([[f"--jobs={jobs}"]])
-        with single if clean else restore_passes(tools, archive, jobs) as passes:
-            for chosen in passes:
-                done = subprocess.run([*argv, *chosen, str(archive)], env=env, capture_output=True, text=True)
-                returncode, stderr = returncode or done.returncode, stderr + done.stderr
-                if done.returncode and not clean:
-                    break
-    errors = [ln for ln in stderr.splitlines() if "error:" in ln or "ERROR:" in ln]
-    harmless = [e for e in errors if clean and any(h in e for h in _HARMLESS_CLEAN_ERRORS)]
-    harmful = [e for e in errors if e not in harmless]
-    if harmful or (returncode != 0 and not harmless):
-        detail = " ".join(harmful[:3]) or stderr
-        raise BackupError(f"pg_restore of {archive.name} failed: {one_line(redact(detail))}")
-    return [one_line(e) for e in harmless]
-
-
-def _pg_restore_through_psql(
-    tools: PgTools, archive: Path, dsn: str, options: list[str], clean: bool, server_major: int
-) -> tuple[int, str]:
-    """pg_restore -f - | copy_compatible | psql: (exit code, both programs' stderr). Data is never buffered."""
-    safe, env = child_env(dsn)
-    single = [] if clean else ["--single-transaction"]
-    stop = [] if clean else ["-v", "ON_ERROR_STOP=1"]
-    with tempfile.TemporaryFile() as dump_err, tempfile.TemporaryFile() as load_err:
-        dump = subprocess.Popen(
-            [tools.path("pg_restore"), *options, *single, "-f", "-", str(archive)],
-            stdout=subprocess.PIPE,
-            stderr=dump_err,
-        )
-        load = subprocess.Popen(
-            [tools.path("psql"), "-X", "-q", *stop, "-o", os.devnull, "-d", safe, "-f", "-"],
-            stdin=subprocess.PIPE,
-            stderr=load_err,
-            env=env,
-        )
-        assert dump.stdout is not None and load.stdin is not None
-        try:
-            copy_compatible(dump.stdout, load.stdin.write, server_major)
-        except BrokenPipeError:
-            pass  # psql stopped at an error: its stderr says which
-        finally:
-            dump.stdout.close()
-            with contextlib.suppress(BrokenPipeError):
-                load.stdin.close()
-            load_code, dump_code = load.wait(), dump.wait()
-        dump_err.seek(0)
-        load_err.seek(0)
-        stderr = dump_err.read().decode(errors="replace") + load_err.read().decode(errors="replace")
-    return load_code or dump_code, stderr
-
-
-def restore_roles_file(tools: PgTools, roles_file: Path, dsn: str, server_major: int) -> list[str]:
-    """Load roles.sql with psql; 'already exists' errors are tolerated and returned, any other error fails."""
-    safe, env = child_env(dsn)
-    with roles_file.open("rb") as handle:
-        script = b"".join(compatible_bytes(handle, server_major))
-    result = subprocess.run(
-        [tools.path("psql"), "-X", "-q", "-d", safe, "-f", "-"], input=script, env=env, capture_output=True
-    )
-    stderr = result.stderr.decode("utf-8", errors="replace")
-    errors = [ln for ln in stderr.splitlines() if "ERROR:" in ln or "FATAL:" in ln]
-    fatal = [e for e in errors if "already exists" not in e]
-    if result.returncode != 0 or fatal:
-        raise BackupError(f"roles.sql failed: {redact(fatal[0] if fatal else stderr)}")
-    return [one_line(e) for e in errors]
 
 
 def table_dumps(backup: OpenedBackup) -> dict[tuple[str, str], TableDump]:
@@ -348,12 +243,13 @@ def _restore_tables(
     available = table_dumps(backup)
     missing = [t for t in request.tables if t not in available]
     if missing:
-        raise BackupError(f"table {qualified(*missing[0])} is not in backup {backup.backup_id}")
+        raise BackupError(f"table {quote_ident(*missing[0])} is not in backup {backup.backup_id}")
     chosen = [available[t] for t in dict.fromkeys(request.tables)]
     needed_parents = {tuple(p) for t in chosen for p in t.after} - set(request.tables)
-    absent_parents = needed_parents - existing_tables(request.target_dsn, sorted(needed_parents))  # type: ignore[arg-type]
+    with psycopg.connect(request.target_dsn, autocommit=True) as conn:
+        absent_parents = needed_parents - existing_tables(conn, needed_parents)
     if absent_parents:
-        names = ", ".join(qualified(*p) for p in sorted(absent_parents))
+        names = ", ".join(quote_ident(*p) for p in sorted(absent_parents))
         raise BackupError(f"restore the parent table(s) {names} too (--table), or create them in the target first")
     schemas = list(dict.fromkeys(t.schema for t in chosen))
     populated = populated_schemas(request.target_dsn, schemas)
@@ -371,7 +267,7 @@ def _restore_tables(
         work, chosen, request.target_dsn, psql=tools.path("psql"), schema_objects=objects, server_major=major
     )
     for dump in chosen:
-        result.steps.append(f"table {qualified(dump.schema, dump.table)}: {dump.rows} rows")
+        result.steps.append(f"table {quote_ident(dump.schema, dump.table)}: {dump.rows} rows")
     if objects:
         result.notes.append(f"restored the types, functions and sequences of empty schema(s) {', '.join(objects)}")
 
@@ -401,7 +297,7 @@ def restore_backup(
         create_target_database(request.target_dsn)
         result.steps.append(f"created database {conninfo_to_dict(request.target_dsn).get('dbname')}")
     schema_entries = [_schema_entry(backup, s) for s in dict.fromkeys(request.schemas)]
-    major = server_major_of(request.target_dsn)
+    major = server_major_at(request.target_dsn)
     if major < int(backup.manifest.get("server_major") or 0):
         result.notes.append(
             f"target runs PostgreSQL {major}, older than the source's {backup.manifest['server_major']}"

@@ -20,10 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-import psycopg
-
 from pg_backup_dagster.errors import BackupError, one_line
 from pg_backup_dagster.pg.conninfo import child_env
+from pg_backup_dagster.pg.sql import quote_ident, server_major_at
 from pg_backup_dagster.pg.sql_script import copy_compatible
 from pg_backup_dagster.tiers.table_split import KINDS, TableDump
 
@@ -31,11 +30,6 @@ from pg_backup_dagster.tiers.table_split import KINDS, TableDump
 _RESTRICT_SINCE = {13: 22, 14: 19, 15: 14, 16: 10, 17: 6}
 _PSQL_VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
 _PSQL_ERROR = re.compile(r"psql:<stdin>:(\d+):\s*(.*)")
-
-
-def quote_ident(name: str) -> str:
-    """SQL identifier quoting (every name is quoted: exact case, any character)."""
-    return '"' + name.replace('"', '""') + '"'
 
 
 @functools.lru_cache(maxsize=8)
@@ -50,15 +44,6 @@ def psql_understands_restrict(psql: str) -> bool:
         return False
     major, minor = int(match.group(1)), int(match.group(2) or 0)
     return major >= 18 or minor >= _RESTRICT_SINCE.get(major, 10**6)
-
-
-def server_major_of(dsn: str) -> int:
-    """The target server's major version (decides which lines sql_compat drops)."""
-    try:
-        with psycopg.connect(dsn, connect_timeout=30) as conn:
-            return conn.info.server_version // 10000
-    except psycopg.Error as exc:
-        raise BackupError(f"cannot connect to the restore target: {exc}") from None
 
 
 def order_tables(tables: list[TableDump]) -> list[TableDump]:
@@ -167,7 +152,7 @@ def restore_tables(
     when every table they read is restored as well.
     """
     sources = restore_plan(Path(backup_dir), tables, schema_objects, global_objects, late_objects)
-    major = server_major if server_major is not None else server_major_of(dsn)
+    major = server_major if server_major is not None else server_major_at(dsn)
     conninfo, environment = child_env(dsn, env)
     args = [psql, "-X", "-q", "-1", "-v", "ON_ERROR_STOP=1", "-d", conninfo, "-f", "-"]
     line_map = _LineMap()

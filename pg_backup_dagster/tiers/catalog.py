@@ -10,11 +10,9 @@ from dataclasses import dataclass, field
 
 import psycopg
 
+from pg_backup_dagster.pg.sql import SYSTEM_SCHEMA_FILTER
+
 PG_CLASS = 1259  # fixed oids of system catalogs, the same on every PostgreSQL version
-SYSTEM_SCHEMA_FILTER = """
-    n.nspname NOT IN ('pg_catalog', 'information_schema')
-    AND n.nspname !~ '^pg_toast' AND n.nspname !~ '^pg_temp'
-"""
 _EXTENSION_MEMBER = """
     EXISTS (SELECT 1 FROM pg_depend e
             WHERE e.classid = {cls}::regclass AND e.objid = {oid} AND e.deptype = 'e')

@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pg_backup_dagster.errors import BackupError
-from pg_backup_dagster.tiers.catalog import TableCatalog
-from pg_backup_dagster.tiers.schema_cut import (
+from pg_backup_dagster.tiers.archive import (
     BLOCK_LARGE_OBJECTS,
     BLOCK_TABLE_DATA,
     COMPRESSION_GZIP,
@@ -35,11 +34,11 @@ from pg_backup_dagster.tiers.schema_cut import (
     UnsupportedArchive,
     read_toc,
 )
+from pg_backup_dagster.tiers.catalog import TableCatalog
 from pg_backup_dagster.tiers.table_split import (
     SplitPlan,
     SplitResult,
     StreamSplitter,
-    TocEntry,
     describe_split,
     plan_split,
     split_in_one_pass,
@@ -94,14 +93,6 @@ class GrowingFile:
     def seek(self, position: int) -> int:
         assert self.handle is not None
         return self.handle.seek(position)
-
-
-def split_entries(archive: Archive) -> list[TocEntry]:
-    """The TOC as the planner sees it (what `pg_restore -l -v` lists), read from the archive itself."""
-    return [
-        TocEntry(e.dump_id, e.catalog_id, e.oid, e.desc, f"{e.dump_id}; {e.catalog_id} {e.oid} {e.desc}", e.deps)
-        for e in archive.entries
-    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +153,7 @@ def _read_plan(stream: GrowingFile, catalog: TableCatalog) -> tuple[SplitPlan, _
     archive = read_toc(stream)
     if archive.compression not in (COMPRESSION_NONE, COMPRESSION_GZIP):
         raise UnsupportedArchive(f"compression method {archive.compression}")
-    plan = plan_split(split_entries(archive), catalog)
+    plan = plan_split(archive.entries, catalog)
     return plan, _passes(plan, archive)
 
 

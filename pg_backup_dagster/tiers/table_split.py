@@ -25,6 +25,7 @@ from pg_backup_dagster.pg.sql_script import (
     is_restrict_line,
     setting_name,
 )
+from pg_backup_dagster.tiers.archive import TocEntry, parse_toc
 from pg_backup_dagster.tiers.catalog import PG_CLASS, TableCatalog
 from pg_backup_dagster.tiers.paths import encode_segment
 
@@ -34,57 +35,6 @@ GLOBAL_OBJECTS_LATE = "global_objects_late.sql"
 
 # Entries pg_restore never prints for `-O -x` without -C: leave them out of the list.
 _SKIPPED = {"ENCODING", "STDSTRINGS", "SEARCHPATH", "DATABASE", "DATABASE PROPERTIES", "ACL", "DEFAULT ACL"}
-# Descriptions, with the catalog each one's entry carries when a shorter description is a prefix of it
-# (a TABLE in schema "DATA" prints like TABLE DATA): 0 means "no catalog", None "not ambiguous".
-_DESCS: dict[str, int | None] = {
-    "TABLE": 1259,
-    "TABLE DATA": 0,
-    "TABLE ATTACH": 0,
-    "SEQUENCE": 1259,
-    "SEQUENCE SET": 0,
-    "SEQUENCE OWNED BY": 0,
-    "INDEX": 1259,
-    "INDEX ATTACH": 0,
-    "MATERIALIZED VIEW": 1259,
-    "MATERIALIZED VIEW DATA": 0,
-    "STATISTICS": 3381,
-    "STATISTICS DATA": 0,
-    "DEFAULT": 2604,
-    "DEFAULT ACL": 826,
-    "DATABASE": 1262,
-    "DATABASE PROPERTIES": 0,
-    "PUBLICATION": 6104,
-    "PUBLICATION TABLE": 6106,
-    "PUBLICATION TABLES IN SCHEMA": 6237,
-    "BLOB": None,
-    "BLOB METADATA": 2613,
-    "BLOBS": 0,
-    "FK CONSTRAINT": None,
-    "CHECK CONSTRAINT": None,
-    "CONSTRAINT": None,
-    "TRIGGER": None,
-    "EVENT TRIGGER": None,
-    "RULE": None,
-    "POLICY": None,
-    "ROW SECURITY": 0,
-    "COMMENT": 0,
-    "SECURITY LABEL": 0,
-    "ACL": 0,
-    "SCHEMA": None,
-    "EXTENSION": None,
-    "TYPE": None,
-    "SHELL TYPE": None,
-    "DOMAIN": None,
-    "FUNCTION": None,
-    "PROCEDURE": None,
-    "AGGREGATE": None,
-    "VIEW": None,
-    "FOREIGN TABLE": None,
-    "ENCODING": None,
-    "STDSTRINGS": None,
-    "SEARCHPATH": None,
-}
-_DESC_ORDER = sorted(_DESCS, key=len, reverse=True)
 _SCHEMA_KIND = {"TABLE", "DEFAULT", "SEQUENCE", "SEQUENCE OWNED BY", "TABLE ATTACH"}
 _DATA_KIND = {"TABLE DATA", "SEQUENCE SET"}
 _FOLLOWERS = {"COMMENT", "SECURITY LABEL", "SEQUENCE SET", "SEQUENCE OWNED BY"}
@@ -92,8 +42,6 @@ _ATTACH = {"TABLE ATTACH", "INDEX ATTACH"}
 _RELATION_VIEWS = {"VIEW", "MATERIALIZED VIEW", "MATERIALIZED VIEW DATA"}
 # pg_restore emits these in a last pass after everything else, whatever their place in the list.
 _DEFERRED_PASS = {"MATERIALIZED VIEW DATA", "EVENT TRIGGER"}
-_LIST_LINE = re.compile(r"^(\d+); (\d+) (\d+) (.*)$")
-_DEPENDS = re.compile(r"^;\s+depends on:(.*)$")
 _HEADER = re.compile(rb"^-- TOC entry (\d+) \(class \d+ OID \d+\)\r?\n?$")
 _SET_CONFIG = re.compile(rb"^SELECT pg_catalog\.set_config\('([A-Za-z_.]+)'")
 
@@ -126,43 +74,6 @@ class SplitResult:
     schema_objects: dict[str, str]
     global_objects: str | None
     global_objects_late: str | None = None
-
-
-@dataclass(slots=True)
-class TocEntry:
-    """One line of `pg_restore -l -v`, with the ids it depends on."""
-
-    dump_id: int
-    classid: int
-    oid: int
-    desc: str
-    line: str
-    deps: list[int] = field(default_factory=list)
-
-
-def parse_toc(text: str) -> list[TocEntry]:
-    """Parse `pg_restore -l -v` output; names are ignored, only ids and the description are used."""
-    entries: list[TocEntry] = []
-    for line in text.splitlines():
-        match = _LIST_LINE.match(line)
-        if match:
-            dump_id, classid, oid, rest = int(match[1]), int(match[2]), int(match[3]), match[4]
-            entries.append(TocEntry(dump_id, classid, oid, _desc_of(rest, classid), line))
-            continue
-        dep = _DEPENDS.match(line)
-        if dep and entries:
-            entries[-1].deps.extend(int(d) for d in dep[1].split())
-    return entries
-
-
-def _desc_of(rest: str, classid: int) -> str:
-    """The entry type, disambiguated by catalog (TABLE in schema DATA vs TABLE DATA)."""
-    for desc in _DESC_ORDER:
-        if rest.startswith(desc + " "):
-            expected = _DESCS[desc]
-            if expected is None or (expected == 0) == (classid == 0):
-                return desc
-    return rest.split(" ", 1)[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,14 +116,14 @@ class _Attributor:
     def _resolve(self, entry: TocEntry) -> _Target:
         if entry.desc in _ATTACH:
             return self._attach_target(entry)
-        classid = entry.classid or (PG_CLASS if entry.oid else 0)
+        classid = entry.catalog_id or (PG_CLASS if entry.oid else 0)
         table = self.catalog.owner_of(classid, entry.oid) if entry.oid else None
         if table is not None:
             return _DROP if table in self.excluded_tables else _Target(table, self._kind(entry))
         schema = self.catalog.schema_of(classid, entry.oid) if entry.oid else None
         if schema is not None:
             return _DROP if schema in self.excluded_schemas else _Target(kind="objects", schema=schema)
-        return _GLOBAL if entry.classid in _GLOBAL_CLASSES else self._follow(entry)
+        return _GLOBAL if entry.catalog_id in _GLOBAL_CLASSES else self._follow(entry)
 
     @staticmethod
     def _kind(entry: TocEntry) -> str:

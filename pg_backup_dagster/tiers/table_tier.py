@@ -14,9 +14,9 @@ from dataclasses import asdict
 from pg_backup_dagster.backup.staging import Staging
 from pg_backup_dagster.files import temp_path
 from pg_backup_dagster.pg.tools import PgTools
+from pg_backup_dagster.tiers.archive import UnsupportedArchive
 from pg_backup_dagster.tiers.catalog import TableCatalog
 from pg_backup_dagster.tiers.live_split import LiveSplit
-from pg_backup_dagster.tiers.schema_cut import UnsupportedArchive
 from pg_backup_dagster.tiers.table_split import SplitResult, split_in_one_pass
 
 

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import re
 import secrets
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,14 +14,12 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from pg_backup_dagster.backup.row_counts import COUNT_BATCH, count_rows, existing_tables
-from pg_backup_dagster.errors import BackupError, one_line, redact, register_secret
-from pg_backup_dagster.pg.conninfo import child_env
+from pg_backup_dagster.backup.row_counts import COUNT_BATCH, count_rows
+from pg_backup_dagster.errors import BackupError, one_line, register_secret
 from pg_backup_dagster.pg.local_server import ephemeral_server
+from pg_backup_dagster.pg.sql import existing_tables
 from pg_backup_dagster.pg.tools import PgTools
-from pg_backup_dagster.tiers.table_split import TocEntry, parse_toc
-
-_PG_RESTORE_ERROR = re.compile(r"^pg_restore: error: (.*)$", re.M)
+from pg_backup_dagster.restore.runner import pg_restore_into
 
 
 @dataclass
@@ -79,84 +74,6 @@ def scratch_database(
             yield make_conninfo(restore_url, dbname=name)
         finally:
             admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
-def partition_tables(entries: list[TocEntry]) -> set[int]:
-    """Dump ids of the TABLE entries that may be partitioned tables, partitions or inheritance children: those
-    without a TABLE DATA entry (a partitioned table stores no rows), those a TABLE ATTACH names, and those
-    depending on another TABLE. Errs towards too many: an extra table only costs a serial foreign key."""
-    tables = {e.dump_id for e in entries if e.desc == "TABLE"}
-    with_data = {d for e in entries if e.desc == "TABLE DATA" for d in e.deps}
-    attached = {d for e in entries if e.desc == "TABLE ATTACH" for d in e.deps}
-    children = {e.dump_id for e in entries if e.desc == "TABLE" and tables.intersection(e.deps)}
-    return (tables - with_data) | attached | children
-
-
-def serial_foreign_keys(entries: list[TocEntry]) -> set[int]:
-    """The FK CONSTRAINT entries that must wait for a serial pass: all but those whose dependencies are plain
-    tables, or constraints and indexes of plain tables only. Anything else (a partition, an INDEX ATTACH, an
-    id missing from the TOC, no table at all) could take part in the deadlock, so it stays serial."""
-    by_id = {e.dump_id: e for e in entries}
-    risky_tables = partition_tables(entries)
-
-    def plain_table(dump_id: int) -> bool:
-        entry = by_id.get(dump_id)
-        return entry is not None and entry.desc == "TABLE" and dump_id not in risky_tables
-
-    def plain_dependency(dump_id: int) -> bool:
-        entry = by_id.get(dump_id)
-        if entry is not None and entry.desc in ("CONSTRAINT", "INDEX"):
-            return bool(entry.deps) and all(plain_table(d) for d in entry.deps)
-        return plain_table(dump_id)
-
-    return {
-        e.dump_id for e in entries if e.desc == "FK CONSTRAINT"
-        and not (any(plain_table(d) for d in e.deps) and all(plain_dependency(d) for d in e.deps))
-    }
-
-
-@contextmanager
-def restore_passes(tools: PgTools, archive: Path, jobs: int) -> Iterator[list[list[str]]]:
-    """pg_restore arguments per pass. In parallel, validating a foreign key to a partitioned table can deadlock
-    with index builds on its partitions (seen about once in 20 runs): foreign keys that touch a partitioned
-    table or a partition then get a serial pass of their own after everything else; the others stay in the
-    parallel pass, as in a bare `pg_restore -j`. The list files live in a temp dir, never beside the archive."""
-    if jobs == 1:
-        yield [["--jobs=1"]]
-        return
-    listing = subprocess.run([tools.path("pg_restore"), "-l", "-v", str(archive)], capture_output=True, check=False)
-    entries = parse_toc(listing.stdout.decode("utf-8", errors="surrogateescape")) if listing.returncode == 0 else []
-    serial = serial_foreign_keys(entries)
-    if not serial:  # nothing to separate, or unreadable: the restore itself reports why
-        yield [[f"--jobs={jobs}"]]
-        return
-    with tempfile.TemporaryDirectory(prefix="pgbd-lists-") as folder:
-        passes = []
-        for name, keep, pass_jobs in (("main", False, jobs), ("fk", True, 1)):
-            path = Path(folder) / f"{name}.list"
-            lines = [e.line for e in entries if (e.dump_id in serial) == keep]
-            path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8", errors="surrogateescape")
-            passes.append([f"--jobs={pass_jobs}", "--use-list", str(path)])
-        yield passes
-
-
-def pg_restore_into(
-    tools: PgTools, archive: Path, dsn: str, jobs: int, accepted: list[str], extra: list[str] | None = None
-) -> tuple[list[str], list[str]]:
-    """pg_restore -j into dsn; returns (unaccepted errors, accepted errors). Accepted patterns are explicit."""
-    safe_dsn, env = child_env(dsn)
-    argv = [tools.path("pg_restore"), "--no-owner", "--no-privileges", *(extra or []), "--dbname", safe_dsn]
-    errors: list[str] = []
-    with restore_passes(tools, archive, jobs) as passes:
-        for chosen in passes:
-            result = subprocess.run([*argv, *chosen, str(archive)], env=env, capture_output=True,
-                                    text=True, check=False)
-            errors += [redact(e) for e in _PG_RESTORE_ERROR.findall(result.stderr)]
-            if result.returncode != 0 and not errors:
-                errors = [one_line(redact(result.stderr)) or f"pg_restore exited with {result.returncode}"]
-    patterns = [re.compile(p) for p in accepted]
-    accepted_hits = [e for e in errors if any(p.search(e) for p in patterns)]
-    return [e for e in errors if e not in accepted_hits], accepted_hits
 
 
 def _count_share(dsn: str, tables: list[tuple[str, str]]) -> list[int]:

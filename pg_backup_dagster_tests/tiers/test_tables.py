@@ -15,9 +15,10 @@ import pytest
 from pg_backup_dagster.errors import BackupError
 from pg_backup_dagster.pg.conninfo import child_env
 from pg_backup_dagster.pg.local_server import LocalPostgres
+from pg_backup_dagster.pg.sql import quote_ident
 from pg_backup_dagster.pg.sql_script import compatible_lines
 from pg_backup_dagster.pg.tools import PgTools, find_tools
-from pg_backup_dagster.restore.tables import quote_ident, restore_tables
+from pg_backup_dagster.restore.tables import restore_tables
 from pg_backup_dagster.tiers.catalog import TableCatalog, fetch_table_catalog
 from pg_backup_dagster.tiers.live_split import split_archive
 from pg_backup_dagster.tiers.paths import decode_segment

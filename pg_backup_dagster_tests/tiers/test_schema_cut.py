@@ -8,15 +8,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pg_backup_dagster.backup.dumps import exact_pattern
 from pg_backup_dagster.pg.conninfo import child_env
+from pg_backup_dagster.pg.sql import quote_ident
 from pg_backup_dagster.pg.tools import find_tools
-from pg_backup_dagster.tiers.schema_cut import (
-    UnsupportedArchive,
-    copy_archive_for_schema,
-    read_archive,
-    write_subset,
-)
+from pg_backup_dagster.tiers.archive import UnsupportedArchive, read_archive, write_subset
+from pg_backup_dagster.tiers.schema_cut import copy_archive_for_schema
 from pg_backup_dagster_tests.conftest import create_database, load_sql_file, table_fingerprints
 
 HOSTILE = Path(__file__).parents[1] / "sql" / "hostile.sql"
@@ -60,7 +56,7 @@ def test_each_cut_schema_archive_matches_pg_dump_of_that_schema(dumped, tmp_path
         ours, theirs = tmp_path / "ours.dump", tmp_path / "theirs.dump"
         copy_archive_for_schema(folder / "full.dump", schema, ours, archive)
         subprocess.run([find_tools().path("pg_dump"), "-Fc", "-O", "-x", "-f", str(theirs),
-                        f"--schema={exact_pattern(schema)}", "-d", safe], env=env, check=True)
+                        f"--schema={quote_ident(schema)}", "-d", safe], env=env, check=True)
         if schema != "public":  # pg_dump --schema public adds CREATE SCHEMA public, which a fresh db already has
             assert sql_lines(ours) == sql_lines(theirs), schema
         # a schema whose objects need another schema fails alone either way; the two must agree
