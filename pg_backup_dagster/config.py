@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +20,23 @@ from psycopg.conninfo import conninfo_to_dict
 
 from pg_backup_dagster.errors import BackupError
 from pg_backup_dagster.retention.policy import RetentionPolicy
+
+# Every environment variable the tool itself reads (libpq's PG* and boto3's AWS_* are theirs), by name.
+CONFIG_ENV = "PG_BACKUP_CONFIG"
+PG_BIN_ENV = "PG_BACKUP_PG_BIN"
+WORK_DIR_ENV = "PG_BACKUP_WORK_DIR"
+RESTORE_TO_ENV = "PG_BACKUP_RESTORE_TO"
+WEBHOOK_ENV = "PG_BACKUP_WEBHOOK_URL"
+AGE_IDENTITY_ENV = "PG_BACKUP_AGE_IDENTITY"
+S3_ADDRESSING_ENV = "PG_BACKUP_S3_ADDRESSING_STYLE"
+DAGSTER_PG_URL_ENV = "DAGSTER_PG_URL"
+DAGSTER_HOME_ENV = "DAGSTER_HOME"
+
+
+def setting(name: str, env: Mapping[str, str] | None = None) -> str | None:
+    """A process-wide setting by its variable name (read when asked, so tests and operators may change it)."""
+    return (os.environ if env is None else env).get(name) or None
+
 
 SOURCE_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
 PROFILES = ("plain", "supabase")
@@ -70,6 +87,14 @@ class SourceConfig:
         _check(_is_timezone(self.timezone), "timezone", f"{self.timezone!r} is not an IANA time zone")
         if self.dsn is not None:
             _check(not _has_password(self.dsn), "dsn", "must not contain a password: use dsn_env or PGPASSFILE")
+
+    def database_url(self) -> str | None:
+        """The source's connection string: inline (no password) or from its environment variable."""
+        return self.dsn if self.dsn is not None else setting(self.dsn_env)
+
+    def restore_url(self) -> str | None:
+        """The configured restore server for the checks, if any."""
+        return setting(self.restore_url_env) if self.restore_url_env else None
 
     @property
     def partitions_name(self) -> str:
@@ -184,8 +209,8 @@ def _int_env(env: dict[str, str], key: str) -> int:
 def load_sources(env: dict[str, str] | None = None) -> list[SourceConfig]:
     """All configured sources: the YAML file when PG_BACKUP_CONFIG is set, else one source from env."""
     env = dict(os.environ if env is None else env)
-    if env.get("PG_BACKUP_CONFIG"):
-        return load_config_file(Path(env["PG_BACKUP_CONFIG"]))
+    if env.get(CONFIG_ENV):
+        return load_config_file(Path(env[CONFIG_ENV]))
     return [source_from_env(env)]
 
 

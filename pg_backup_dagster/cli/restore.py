@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Annotated
 
 import typer
@@ -70,9 +69,10 @@ def restore(
     force: Annotated[bool, typer.Option("--force", help="Allow restoring into the source database itself.")] = False,
 ) -> None:
     """Restore a backup, whole or by tier, into a database (PG_BACKUP_RESTORE_TO or --to)."""
+    from pg_backup_dagster.config import setting
     from pg_backup_dagster.restore.run import TARGET_ENV, RestoreRequest, parse_table_name, restore_backup
 
-    target = to or os.environ.get(TARGET_ENV)
+    target = to or setting(TARGET_ENV)
     if not target:
         fail(f"no target: set {TARGET_ENV} (preferred) or pass --to URL")
     chosen, _ = selected_source(source)

@@ -16,11 +16,11 @@ from pathlib import Path
 import dagster as dg
 import sqlalchemy
 
-from pg_backup_dagster.config import SourceConfig
+from pg_backup_dagster.config import DAGSTER_PG_URL_ENV, SourceConfig
 from pg_backup_dagster.constants import HOST_TAG, PID_TAG, SOURCE_TAG
 from pg_backup_dagster.errors import BackupError
 
-PG_URL_ENV = "DAGSTER_PG_URL"
+PG_URL_ENV = DAGSTER_PG_URL_ENV
 
 BASE_CONFIG = """\
 # Instance settings for deployments: copy into $DAGSTER_HOME (README, "Run it as a service").

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.constants import postgres_key, target_key
 from pg_backup_dagster.defs.resources import source_resources
@@ -12,7 +10,7 @@ from pg_backup_dagster.errors import BackupError, register_secret
 
 def source_dsn(source: SourceConfig) -> str:
     """The source's connection string, from config or its environment variable."""
-    dsn = source.dsn or os.environ.get(source.dsn_env)
+    dsn = source.database_url()
     if not dsn:
         raise BackupError(f"{source.dsn_env} is not set: give the database URL of source '{source.name}'")
     return dsn

@@ -12,7 +12,7 @@ from pathlib import Path
 import dagster as dg
 
 from pg_backup_dagster.backup.backup_id import new_backup_id, validate_backup_id
-from pg_backup_dagster.config import SourceConfig
+from pg_backup_dagster.config import DAGSTER_HOME_ENV, SourceConfig, setting
 from pg_backup_dagster.constants import SOURCE_TAG, TRIGGER_TAG, backup_job_name
 from pg_backup_dagster.definitions import build_definitions
 from pg_backup_dagster.defs.instance import ensure_instance_config, process_tags, reclaim_abandoned_runs
@@ -34,9 +34,9 @@ class BackupOutcome:
 
 def open_instance(dagster_home: Path | None = None) -> dg.DagsterInstance:
     """The instance in DAGSTER_HOME (created if missing), so runs show up in the UI afterwards."""
-    home = dagster_home or Path(os.environ.get("DAGSTER_HOME") or Path.home() / ".pg_backup_dagster" / "dagster_home")
+    home = dagster_home or Path(setting(DAGSTER_HOME_ENV) or Path.home() / ".pg_backup_dagster" / "dagster_home")
     ensure_instance_config(home)
-    os.environ["DAGSTER_HOME"] = str(home.resolve())
+    os.environ[DAGSTER_HOME_ENV] = str(home.resolve())  # dg.DagsterInstance.get() reads it
     return dg.DagsterInstance.get()
 
 

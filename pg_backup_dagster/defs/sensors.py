@@ -9,7 +9,6 @@ tick, which is the schedule's job.
 from __future__ import annotations
 
 import json
-import os
 import urllib.request
 from collections.abc import Sequence
 from typing import Any
@@ -17,12 +16,11 @@ from typing import Any
 import dagster as dg
 
 from pg_backup_dagster.backup.backup_id import new_backup_id
-from pg_backup_dagster.config import SourceConfig
+from pg_backup_dagster.config import WEBHOOK_ENV, SourceConfig, setting
 from pg_backup_dagster.constants import SOURCE_TAG, TRIGGER_TAG, backup_job_name, now_sensor_name
 from pg_backup_dagster.defs.partitions import backups_partitions_def
 from pg_backup_dagster.errors import one_line, redact
 
-WEBHOOK_ENV = "PG_BACKUP_WEBHOOK_URL"
 FAILURE_SENSOR = "backup_failure_webhook"
 
 
@@ -86,7 +84,7 @@ def post_json(url: str, payload: dict[str, Any], timeout: float = 10.0) -> int:
 def backup_failure_webhook(context: dg.RunFailureSensorContext) -> dg.SkipReason | None:
     if SOURCE_TAG not in context.dagster_run.tags:
         return dg.SkipReason(f"run {context.dagster_run.run_id} is not a backup run")
-    url = os.environ.get(WEBHOOK_ENV)
+    url = setting(WEBHOOK_ENV)
     if not url:
         return dg.SkipReason(f"{WEBHOOK_ENV} is not set: no alert sent")
     status = post_json(url, failure_payload(context))

@@ -28,6 +28,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from pg_backup_dagster.config import setting
 from pg_backup_dagster.errors import BackupError, one_line, register_secret
 from pg_backup_dagster.pg.tools import server_programs_dir
 
@@ -122,9 +123,8 @@ def _tree_digests(root: Path) -> dict[str, str]:
 
 
 def template_cache_dir() -> Path:
-    """Where template data directories are kept: $XDG_CACHE_HOME (else ~/.cache)/pg_backup_dagster/templates."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "pg_backup_dagster" / "templates"
+    """Where cached PostgreSQL templates live: $XDG_CACHE_HOME (else ~/.cache)/pg_backup_dagster/templates."""
+    return Path(setting("XDG_CACHE_HOME") or Path.home() / ".cache") / "pg_backup_dagster" / "templates"
 
 
 def template_dir(bin_dir: Path) -> Path:

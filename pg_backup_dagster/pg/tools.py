@@ -15,6 +15,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from pg_backup_dagster.config import PG_BIN_ENV, setting
 from pg_backup_dagster.errors import BackupError
 
 CLIENT_PROGRAMS = ("pg_dump", "pg_dumpall", "pg_restore", "psql")
@@ -81,7 +82,7 @@ def tools_in(bin_dir: Path) -> PgTools:
 
 def find_tools(explicit: str | os.PathLike[str] | None = None) -> PgTools:
     """Resolve the client programs to use, explicit setting first."""
-    explicit = explicit or os.environ.get("PG_BACKUP_PG_BIN")
+    explicit = explicit or setting(PG_BIN_ENV)
     if explicit:
         path = Path(explicit)
         if not path.is_dir():

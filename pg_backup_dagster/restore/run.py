@@ -20,7 +20,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from pg_backup_dagster.config import SourceConfig
+from pg_backup_dagster.config import RESTORE_TO_ENV, WORK_DIR_ENV, SourceConfig, setting
 from pg_backup_dagster.errors import BackupError, one_line, redact, register_secret
 from pg_backup_dagster.pg.sql import existing_tables, quote_ident, server_major_at
 from pg_backup_dagster.pg.tools import PgTools, find_tools
@@ -30,8 +30,7 @@ from pg_backup_dagster.restore.tables import restore_tables
 from pg_backup_dagster.storage import BackupStorage, open_storage
 from pg_backup_dagster.tiers.table_split import TableDump
 
-TARGET_ENV = "PG_BACKUP_RESTORE_TO"
-WORK_DIR_ENV = "PG_BACKUP_WORK_DIR"
+TARGET_ENV = RESTORE_TO_ENV
 TIERS = ("full", "schema", "table", "roles")
 
 
@@ -154,7 +153,7 @@ def open_backup(source: SourceConfig, backup_id: str) -> OpenedBackup:
 
 def work_dir() -> tempfile.TemporaryDirectory:
     """Where fetched files live during a restore (PG_BACKUP_WORK_DIR, else the system temp dir); always removed."""
-    parent = os.environ.get(WORK_DIR_ENV)
+    parent = setting(WORK_DIR_ENV)
     if parent:
         Path(parent).mkdir(parents=True, exist_ok=True)
     return tempfile.TemporaryDirectory(prefix="pgbd-restore-", dir=parent or None)
@@ -290,7 +289,7 @@ def restore_backup(
     backup = open_backup(source, request.backup_id)
     result = RestoreResult(source.name, backup.backup_id, redact(request.target_dsn))
     if not request.force:
-        source_dsn = source.dsn if source.dsn is not None else os.environ.get(source.dsn_env)
+        source_dsn = source.database_url()
         if note := check_not_source(request.target_dsn, source_dsn):
             result.notes.append(note)
     if request.create_db:

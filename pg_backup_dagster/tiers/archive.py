@@ -101,11 +101,12 @@ class TocEntry:
     tag: bytes | None = None
     namespace: bytes | None = None
     copy_stmt: bytes | None = None
+    listing: str = ""  # the line `pg_restore -l` printed, names included (for people only)
 
     @property
     def line(self) -> str:
         """This entry as a `pg_restore -L` list line (pg_restore reads the id; the rest is for people)."""
-        return f"{self.dump_id}; {self.catalog_id} {self.oid} {self.desc}"
+        return self.listing or f"{self.dump_id}; {self.catalog_id} {self.oid} {self.desc}"
 
 
 @dataclass
@@ -330,7 +331,7 @@ def parse_toc(text: str) -> list[TocEntry]:
         match = _LIST_LINE.match(line)
         if match:
             dump_id, classid, oid, rest = int(match[1]), int(match[2]), int(match[3]), match[4]
-            entries.append(TocEntry(dump_id, classid, oid, _desc_of(rest, classid)))
+            entries.append(TocEntry(dump_id, classid, oid, _desc_of(rest, classid), listing=line))
             continue
         dep = _DEPENDS.match(line)
         if dep and entries:

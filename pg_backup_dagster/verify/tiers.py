@@ -3,7 +3,6 @@ per-table files, load the roles. Each returns a CheckOutcome the Dagster check a
 
 from __future__ import annotations
 
-import os
 import random
 import subprocess
 import time
@@ -42,7 +41,7 @@ class CheckOutcome:
 
 
 def restore_url_for(source: SourceConfig) -> str | None:
-    return os.environ.get(source.restore_url_env) if source.restore_url_env else None
+    return source.restore_url()
 
 
 def _differences_text(rows: list[dict]) -> str:
