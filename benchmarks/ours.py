@@ -20,8 +20,9 @@ from benchmarks.measure import Sample, measured
 from pg_backup_dagster.backup.backup_id import new_backup_id
 from pg_backup_dagster.backup.dumps import exact_row_counts
 from pg_backup_dagster.config import SourceConfig
+from pg_backup_dagster.constants import FULL_ASSET, ROLES_ASSET, SCHEMAS_ASSET, TABLES_ASSET
 from pg_backup_dagster.definitions import build_definitions
-from pg_backup_dagster.defs.assets import FULL, ROLES, SCHEMAS, TABLES, asset_key
+from pg_backup_dagster.defs.assets import asset_key
 from pg_backup_dagster.defs.partitions import backups_partitions_def
 from pg_backup_dagster.pg.sql import quote_ident
 from pg_backup_dagster.pg.tools import PgTools
@@ -31,7 +32,7 @@ from pg_backup_dagster.verify.test_restore import restore_and_compare
 
 DSN_ENV = "PGBD_BENCH_SOURCE_DSN"
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TIER_ASSETS = (ROLES, FULL, SCHEMAS, TABLES)
+TIER_ASSETS = (ROLES_ASSET, FULL_ASSET, SCHEMAS_ASSET, TABLES_ASSET)
 TIERS_ONLY_JOB = "bench_tiers_only"
 _ids = count()
 
