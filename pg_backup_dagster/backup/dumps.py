@@ -99,7 +99,7 @@ def dump_full_and_schemas(
     """Export one snapshot; dump the whole database in it, then give every user schema its own archive.
 
     While pg_dump runs, the snapshot connection reads the catalog and counts rows, and the per-table tier is
-    split out of the archive as pg_dump writes it (table_tier.py), so counts, catalog and every tier describe
+    split out of the archive as pg_dump writes it (tiers/table_tier.py), so counts, catalog and every tier describe
     the same instant. Schema archives are cut out of the full archive (its entries and already-compressed
     data blocks), not dumped again: one more pg_dump per schema would read the whole catalog and compress all
     data a second time. pg_dump per schema, in the same snapshot, is the fallback for archive versions the

@@ -1,6 +1,6 @@
 """The backup assets of one source: roles → full dump + schema dumps + table files (one snapshot) → manifest.
 
-Each function is a thin Dagster wrapper: the work lives in dumps.py, tiers/ and publish.py; here we validate
+Each function is a thin Dagster wrapper: the work lives in backup/dumps.py, tiers/ and backup/publish.py; here we validate
 the partition, call the work, and turn what it measured into metadata the UI shows.
 """
 
@@ -37,7 +37,7 @@ def build_backup_assets(source: SourceConfig, partitions: dg.DynamicPartitionsDe
 
     Only the steps that connect to the source (roles, dumps) take a slot of the source's pool: the checks and the
     manifest work on files and scratch servers, so they need not wait for it. The per-table tier is split in the
-    dumps step, beside pg_dump, from the archive it is writing (table_tier.py).
+    dumps step, beside pg_dump, from the archive it is writing (tiers/table_tier.py).
     """
     resources = {postgres_key(source), target_key(source)}
     common = {"partitions_def": partitions, "group_name": source.name, "required_resource_keys": resources}

@@ -1,6 +1,6 @@
 """Restore any set of tables from the per-table tier with psql, in phases that make any subset restorable.
 
-Order (DESIGN.md): schemas, global objects, the schemas' objects (types, functions the tables need), every schema.sql,
+Order: schemas, global objects, the schemas' objects (types, functions the tables need), every schema.sql,
 every data.sql, every post.sql, every fk.sql, then late objects (views …) when given. Within a phase,
 parents (partitioned/inherited tables) come before their children. Everything goes through one
 `psql -X -1 -v ON_ERROR_STOP=1` reading our stdin, so the restore is all or nothing and each line can be

@@ -1,6 +1,6 @@
 """Apply a retention plan to one source's storage and Dagster instance.
 
-The planner (retention.py) decides from records; this module builds those records from what is really
+The planner (retention/policy.py) decides from records; this module builds those records from what is really
 published (manifests under the source's own prefix, nothing else), adds the one guard the planner cannot
 know about (the backup latest.json points to is never deleted), then deletes backups and the dynamic
 partition keys of what it deleted. The CLI, the `retention_{source}` job and the after-backup hook all

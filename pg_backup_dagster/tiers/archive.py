@@ -1,6 +1,6 @@
 """pg_dump's custom-format archive: read its header and TOC, list it, write a subset of it.
 
-The format (pg_backup_archiver.c, pg_backup_custom.c) is read and written for the versions we know; anything
+The format (PostgreSQL's src/bin/pg_dump/pg_backup_archiver.c and pg_backup_custom.c) is read and written for the versions we know; anything
 else raises UnsupportedArchive so the caller can fall back to pg_restore/pg_dump. Layout: header; TOC (count,
 then per entry: ids, strings, dependency list, data offset); data blocks (type byte, dump id,
 length-prefixed chunks, a zero length). The same TocEntry describes an entry read from the file and one

@@ -1,7 +1,7 @@
 """The per-table tier written while pg_dump is still writing the full archive.
 
 pg_dump's custom format writes the whole TOC first, then one data block per table, and at the end rewrites the
-TOC in place with the blocks' offsets (pg_backup_custom.c, `_CloseArchive`). So once the TOC is on disk
+TOC in place with the blocks' offsets (PostgreSQL's src/bin/pg_dump/pg_backup_custom.c, `_CloseArchive`). So once the TOC is on disk
 everything but the rows can be split (pg_restore over a copy of the header and TOC), and each table's rows can
 be written as soon as its block is complete. pg_dump's compression keeps one core busy; the split runs beside
 it instead of after it. Rows are copied out of the archive's own blocks, so the table tier holds exactly what the

@@ -2,12 +2,9 @@
 
 Every `pg_dump --schema` reads the whole catalog and dumps and compresses its data a second time; cutting the
 schema's entries and their already-compressed data blocks out of the full archive costs a file copy and
-describes exactly the same snapshot. The archive format (pg_backup_archiver.c, pg_backup_custom.c) is read and
-written for the versions we know; anything else makes the caller fall back to pg_dump.
-
-Layout: header; TOC (count, then per entry: ids, strings, dependency list, data offset); data blocks
-(type byte, dump id, length-prefixed chunks, a zero length). Entries are chosen by the raw schema name the
-TOC stores for every schema-qualified object (never by names printed by `pg_restore -l`).
+describes exactly the same snapshot. Archive versions tiers/archive.py does not know make the caller fall back
+to pg_dump. Entries are chosen by the raw schema name the TOC stores for every schema-qualified object (never
+by names printed by `pg_restore -l`).
 """
 
 from __future__ import annotations

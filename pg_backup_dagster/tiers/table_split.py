@@ -1,6 +1,6 @@
 """Split one custom-format archive into standalone per-table SQL files, in one streaming pg_restore pass.
 
-Why this way (see DESIGN.md, "Per-table tier"): one pg_restore per table is quadratic in TOC size, so the
+Why this way (benchmarks/README.md has the measurements): one pg_restore per table is quadratic in TOC size, so the
 TOC is listed once, reordered so every file's entries are contiguous, and streamed once through
 `pg_restore -v -O -x -L list -f -`. The stream is cut at the exact `-- TOC entry <id>` headers, accepted
 only at top level (outside literals) and only in the requested order; every requested entry must be seen
