@@ -32,6 +32,7 @@ import re
 from dataclasses import dataclass, field
 
 from pg_backup_dagster.errors import BackupError
+from pg_backup_dagster.pg.sql_script import Token, split_statements, tokens
 
 RESERVED_MARK = "-- reserved by profile: "
 
@@ -140,68 +141,7 @@ def get_profile(name: str) -> Profile:
 _HASH = re.compile(r"SCRAM-SHA-256\$\d+:[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+:[A-Za-z0-9+/=]+|md5[0-9a-fA-F]{32}")
 _HASH_PLACEHOLDER = "<password hash removed>"
 
-_TOKEN = re.compile(
-    r"""(?P<ws>\s+)
-      | (?P<comment>--[^\n]*)
-      | (?P<qident>"(?:[^"]|"")*")
-      | (?P<string>[Ee]'(?:[^'\\]|\\.|'')*'|'(?:[^']|'')*')
-      | (?P<word>[A-Za-z_\x80-\uffff][A-Za-z0-9_$\x80-\uffff]*)
-      | (?P<open>["'])
-      | (?P<other>.)""",
-    re.X | re.S,
-)
-
-
-@dataclass(frozen=True)
-class _Tok:
-    kind: str
-    text: str
-    start: int
-    end: int
-
-    @property
-    def keyword(self) -> str:
-        return self.text.upper() if self.kind == "word" else ""
-
-    @property
-    def ident(self) -> str | None:
-        """The role name this token spells, as PostgreSQL stores it."""
-        if self.kind == "word":
-            return self.text.lower()
-        if self.kind == "qident":
-            return self.text[1:-1].replace('""', '"')
-        return None
-
-
-def _tokens(text: str) -> list[_Tok]:
-    return [_Tok(m.lastgroup or "other", m.group(), m.start(), m.end()) for m in _TOKEN.finditer(text)]
-
-
-def _complete(statement: str) -> bool:
-    """A statement is complete once it ends in `;` outside quotes and comments."""
-    code = [t for t in _tokens(statement) if t.kind not in ("ws", "comment")]
-    return bool(code) and code[-1].text == ";" and not any(t.kind == "open" for t in code)
-
-
-def _split(text: str) -> list[tuple[bool, list[str]]]:
-    """Group lines into (is_statement, lines): SQL statements, and the comments/meta-commands between."""
-    groups: list[tuple[bool, list[str]]] = []
-    pending: list[str] = []
-    for line in text.splitlines(keepends=True):
-        stripped = line.strip()
-        if not pending and (not stripped or stripped.startswith(("--", "\\"))):
-            groups.append((False, [line]))
-            continue
-        pending.append(line)
-        if _complete("".join(pending)):
-            groups.append((True, pending))
-            pending = []
-    if pending:
-        groups.append((True, pending))
-    return groups
-
-
-def _role_lists(code: list[_Tok]) -> tuple[list[_Tok], list[_Tok], _Tok | None]:
+def _role_lists(code: list[Token]) -> tuple[list[Token], list[Token], Token | None]:
     """For GRANT/REVOKE: the granted roles (empty for object privileges), the grantees, the grantor."""
     words = [t.keyword for t in code]
     target_kw = "TO" if words[0] == "GRANT" else "FROM"
@@ -211,7 +151,7 @@ def _role_lists(code: list[_Tok]) -> tuple[list[_Tok], list[_Tok], _Tok | None]:
     granted = [] if "ON" in words[:split] else [t for t in code[1:split] if t.ident is not None]
     if words[0] == "REVOKE" and "FOR" in words[:split]:  # REVOKE ADMIN OPTION FOR a FROM b
         granted = [t for t in code[words.index("FOR") + 1 : split] if t.ident is not None]
-    grantees: list[_Tok] = []
+    grantees: list[Token] = []
     grantor = None
     i = split + 1
     stop = ("WITH", "GRANTED", "CASCADE", "RESTRICT")
@@ -226,7 +166,7 @@ def _role_lists(code: list[_Tok]) -> tuple[list[_Tok], list[_Tok], _Tok | None]:
     return granted, grantees, grantor
 
 
-def _roles_named(code: list[_Tok]) -> list[_Tok]:
+def _roles_named(code: list[Token]) -> list[Token]:
     """The role-name tokens of a role statement pg_dumpall writes (CREATE/ALTER/DROP/COMMENT/GRANT…)."""
     words = [t.keyword for t in code]
     if len(code) < 3:
@@ -253,12 +193,12 @@ def _roles_named(code: list[_Tok]) -> list[_Tok]:
 
 def _rewrite(statement: str, profile: Profile) -> tuple[str, bool]:
     """Remove password clauses (always) and what the profile drops; say whether the statement is reserved."""
-    toks = _tokens(statement)
+    toks = tokens(statement)
     code = [t for t in toks if t.kind not in ("ws", "comment")]
     words = [t.keyword for t in code]
     cuts: list[tuple[int, int]] = []  # spans to delete, each including the whitespace before it
 
-    def cut(first: _Tok, last: _Tok) -> None:
+    def cut(first: Token, last: Token) -> None:
         start = first.start
         while start > 0 and statement[start - 1] in " \t":
             start -= 1
@@ -299,7 +239,7 @@ def filter_roles_sql(text: str, profile: Profile) -> str:
     stored hash is a credential, even though --no-role-passwords should already have kept it out.
     """
     out: list[str] = []
-    for is_statement, lines in _split(text):
+    for is_statement, lines in split_statements(text):
         if not is_statement:
             out.append(_HASH.sub(_HASH_PLACEHOLDER, lines[0]))
             continue

@@ -1,15 +1,17 @@
-"""Line-level understanding of pg_dump/pg_restore SQL scripts, and filtering for older target servers.
+"""The one SQL scanner: pg_dump/pg_restore/pg_dumpall scripts read line by line, and filtered for older servers.
 
 `ScriptScanner` knows, for every line, whether it starts outside any literal, inside a string/identifier/
-comment/dollar-quoted body, or inside COPY data. The splitter uses it so that a `-- TOC entry` header forged
-inside a comment, default or row is never taken for a real one, and `compatible_lines` uses it so that it
-only ever drops real top-level commands, never a data row that happens to look like one.
+comment/dollar-quoted body, or inside COPY data, and whether it ends a statement. The splitter uses it so that
+a `-- TOC entry` header forged inside a comment, default or row is never taken for a real one,
+`compatible_lines` so that it only ever drops real top-level commands, and `split_statements` (roles.sql) so
+that a `;` inside a string never ends a statement. `tokens` cuts one statement into tokens for rewriting.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from enum import Enum
 from typing import BinaryIO
 
@@ -41,6 +43,8 @@ class ScriptScanner:
         self._depth = 0
         self._in_copy = False
         self._copy_statement = False
+        self._comment_at: int | None = None
+        self.ends_statement = False  # the last line fed ended a statement (`;` at top level)
 
     @property
     def in_copy(self) -> bool:
@@ -60,7 +64,10 @@ class ScriptScanner:
         kind = LineKind.TOP if self._mode is None else LineKind.LITERAL
         if kind is LineKind.TOP and line.startswith(b"COPY "):
             self._copy_statement = True
+        self._comment_at = None
         self._scan(line)
+        code = line if self._comment_at is None else line[: self._comment_at]
+        self.ends_statement = self._mode is None and code.rstrip().endswith(b";")
         if self._copy_statement and self._mode is None and line.rstrip().endswith(b"FROM stdin;"):
             self._copy_statement = False
             self._in_copy = True
@@ -77,6 +84,7 @@ class ScriptScanner:
             return len(line)
         token, start = match.group(), match.start()
         if token == b"--":
+            self._comment_at = start
             return len(line)
         if token.startswith(b"$") and start > 0 and line[start - 1] in _IDENT_BYTES:
             return start + 1  # part of an identifier such as a$b$, not a dollar quote
@@ -243,3 +251,63 @@ def _rejected(line: bytes, server_major: int, keep_restrict: bool) -> bool:
         return not keep_restrict
     name = setting_name(line)
     return name is not None and server_major < _SETTING_SINCE.get(name, 0)
+
+
+_TOKEN = re.compile(
+    r"""(?P<ws>\s+)
+      | (?P<comment>--[^\n]*)
+      | (?P<qident>"(?:[^"]|"")*")
+      | (?P<string>[Ee]'(?:[^'\\]|\\.|'')*'|'(?:[^']|'')*')
+      | (?P<word>[A-Za-z_\x80-\uffff][A-Za-z0-9_$\x80-\uffff]*)
+      | (?P<open>["'])
+      | (?P<other>.)""",
+    re.X | re.S,
+)
+
+
+@dataclass(frozen=True)
+class Token:
+    """A token of one SQL statement, for rewriting it in place."""
+
+    kind: str
+    text: str
+    start: int
+    end: int
+
+    @property
+    def keyword(self) -> str:
+        return self.text.upper() if self.kind == "word" else ""
+
+    @property
+    def ident(self) -> str | None:
+        """The role name this token spells, as PostgreSQL stores it."""
+        if self.kind == "word":
+            return self.text.lower()
+        if self.kind == "qident":
+            return self.text[1:-1].replace('""', '"')
+        return None
+
+
+def tokens(text: str) -> list[Token]:
+    """One statement as tokens (words, quoted identifiers, strings, comments, the rest), with their spans."""
+    return [Token(m.lastgroup or "other", m.group(), m.start(), m.end()) for m in _TOKEN.finditer(text)]
+
+
+def split_statements(text: str) -> list[tuple[bool, list[str]]]:
+    """Group lines into (is_statement, lines): SQL statements, and the comments/meta-commands between them."""
+    groups: list[tuple[bool, list[str]]] = []
+    pending: list[str] = []
+    scanner = ScriptScanner()
+    for line in text.splitlines(keepends=True):
+        stripped = line.strip()
+        if not pending and (not stripped or stripped.startswith(("--", "\\"))):
+            groups.append((False, [line]))
+            continue
+        pending.append(line)
+        scanner.feed(line.encode("utf-8", "surrogateescape"))
+        if scanner.ends_statement:
+            groups.append((True, pending))
+            pending = []
+    if pending:
+        groups.append((True, pending))
+    return groups
