@@ -20,10 +20,9 @@ def verify(
 ) -> None:
     """Check every file against the manifest's sha256 and every archive with pg_restore -l; exit 1 if any is bad."""
     from pg_backup_dagster.verify.published import verify_backup
-    from pg_backup_dagster.verify.tiers import restore_url_for
 
     chosen, _ = selected_source(source)
-    report = verify_backup(chosen, backup_id, full_restore=full_restore, restore_url=restore_url_for(chosen))
+    report = verify_backup(chosen, backup_id, full_restore=full_restore, restore_url=chosen.restore_url())
     typer.echo(f"backup {report.backup_id}: {report.files} files match the manifest, {report.archives} archives read")
     for problem in report.problems:
         typer.echo(f"BAD {problem}", err=True)

@@ -9,6 +9,7 @@ import warnings
 import dagster as dg
 
 from pg_backup_dagster.backup.manifest import CHECK_PREFIX
+from pg_backup_dagster.backup.step import StepContext
 from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.constants import (
     FULL_ASSET,
@@ -20,12 +21,12 @@ from pg_backup_dagster.constants import (
 )
 from pg_backup_dagster.defs.assets import asset_key
 from pg_backup_dagster.defs.context import step_context
+from pg_backup_dagster.defs.metadata import row_counts_table
 from pg_backup_dagster.pg.profiles import get_profile
 from pg_backup_dagster.verify import tiers as verify_tiers
 
 
-def _result(context, source: SourceConfig, name: str, outcome: verify_tiers.CheckOutcome) -> dg.AssetCheckResult:
-    step = step_context(context, source)
+def _result(context, step: StepContext, name: str, outcome: verify_tiers.CheckOutcome) -> dg.AssetCheckResult:
     step.staging.save(CHECK_PREFIX + name, outcome.record())
     if not outcome.passed:
         context.log.error(f"check {name} failed: {outcome.description}")
@@ -33,7 +34,7 @@ def _result(context, source: SourceConfig, name: str, outcome: verify_tiers.Chec
         passed=outcome.passed,
         severity=dg.AssetCheckSeverity.ERROR,
         description=outcome.description,
-        metadata=outcome.metadata,
+        metadata={k: row_counts_table(v) if k == "row_counts" else v for k, v in outcome.metadata.items()},
     )
 
 
@@ -63,30 +64,29 @@ def _backup_checks(
                     description="pg_restore -j into a throwaway database; exact row counts equal dump time.", **common)
     def full_dump_restores(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         step = step_context(context, source)
-        restore_url = verify_tiers.restore_url_for(source)
-        outcome = verify_tiers.check_full_restore(step, source, restore_url, stub_roles(source))
-        return _result(context, source, "full_dump_restores", outcome)
+        outcome = verify_tiers.check_full_restore(step, source, source.restore_url(), stub_roles(source))
+        return _result(context, step, "full_dump_restores", outcome)
 
     @dg.asset_check(asset=asset_key(source, SCHEMAS_ASSET), name="schema_dumps_complete",
                     description="Every user schema has a readable archive, and nothing extra.", **common)
     def schema_dumps_complete(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        return _result(context, source, "schema_dumps_complete",
-                       verify_tiers.check_schema_archives(step_context(context, source)))
+        step = step_context(context, source)
+        return _result(context, step, "schema_dumps_complete", verify_tiers.check_schema_archives(step))
 
     @dg.asset_check(asset=asset_key(source, TABLES_ASSET), name="table_dumps_restore",
                     description="Every table has its files; each restores its exact rows into a scratch db.", **common)
     def table_dumps_restore(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         step = step_context(context, source)
-        return _result(context, source, "table_dumps_restore",
-                       verify_tiers.check_table_files(step, verify_tiers.restore_url_for(source),
-                                                      source.table_check_sample, stub_roles(source)))
+        outcome = verify_tiers.check_table_files(step, source.restore_url(), source.table_check_sample,
+                                                 stub_roles(source))
+        return _result(context, step, "table_dumps_restore", outcome)
 
     @dg.asset_check(asset=asset_key(source, ROLES_ASSET), name="roles_sql_loadable",
                     description="roles.sql present, without password hashes, and loads into a scratch server.",
                     **common)
     def roles_sql_loadable(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        return _result(context, source, "roles_sql_loadable",
-                       verify_tiers.check_roles_file(step_context(context, source)))
+        step = step_context(context, source)
+        return _result(context, step, "roles_sql_loadable", verify_tiers.check_roles_file(step))
 
     by_tier = {"full": full_dump_restores, "schema": schema_dumps_complete, "table": table_dumps_restore,
                "roles": roles_sql_loadable}

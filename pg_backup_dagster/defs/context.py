@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import dagster as dg
 
 from pg_backup_dagster.backup.backup_id import validate_backup_id
 from pg_backup_dagster.backup.staging import Staging
+from pg_backup_dagster.backup.step import StepContext
 from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.constants import postgres_key, target_key
 from pg_backup_dagster.defs.resources import BackupTargetResource
-from pg_backup_dagster.pg.source import SourceDatabase
-from pg_backup_dagster.storage import BackupStorage
-
-
-@dataclass
-class StepContext:
-    """The pieces of one backup step, resolved once per step."""
-
-    backup_id: str
-    pg: SourceDatabase
-    storage: BackupStorage
-    staging: Staging
 
 
 def step_context(

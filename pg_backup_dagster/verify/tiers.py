@@ -10,9 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pg_backup_dagster.backup.step import StepContext
 from pg_backup_dagster.config import SourceConfig
-from pg_backup_dagster.defs.context import StepContext
-from pg_backup_dagster.defs.metadata import row_counts_table
 from pg_backup_dagster.errors import BackupError, one_line
 from pg_backup_dagster.pg.local_server import ephemeral_server
 from pg_backup_dagster.pg.profiles import roles_sql_has_password_hash
@@ -27,7 +26,8 @@ DEFAULT_TABLE_SAMPLE_LIMIT = 1000
 
 @dataclass
 class CheckOutcome:
-    """A check's verdict, a one-line description, UI metadata, and the JSON kept in the manifest."""
+    """A check's verdict, a one-line description, what the UI shows (`row_counts`: expected vs restored rows per
+    table), and the JSON kept in the manifest."""
 
     passed: bool
     description: str
@@ -38,10 +38,6 @@ class CheckOutcome:
     def record(self) -> dict[str, Any]:
         return {"passed": self.passed, "description": self.description, "seconds": round(self.seconds, 3),
                 **self.details}
-
-
-def restore_url_for(source: SourceConfig) -> str | None:
-    return source.restore_url()
 
 
 def _differences_text(rows: list[dict]) -> str:
@@ -79,7 +75,7 @@ def check_full_restore(
             "tables_checked": len(report.tables),
             "tables_differing": len(differing),
             "restore_errors": len(report.errors),
-            "row_counts": row_counts_table(report.tables),
+            "row_counts": report.tables,
             "target": "restore server (PG_BACKUP_RESTORE_URL)" if restore_url else "ephemeral local server",
         },
         details={"restore_seconds": round(report.seconds, 3), "tables_checked": len(report.tables),
@@ -163,7 +159,7 @@ def check_table_files(
     return CheckOutcome(
         passed=passed, description=description,
         metadata={"tables": len(tier["tables"]), "restored": len(rows), "tables_differing": len(differing),
-                  "row_counts": row_counts_table(rows)},
+                  "row_counts": rows},
         details={"tables": len(tier["tables"]), "restored": len(rows), "missing": missing, "absent": absent,
                  "differing": differing, "error": error},
         seconds=time.monotonic() - started,
