@@ -9,13 +9,29 @@ from typing import Annotated
 
 import typer
 
+from pg_backup_dagster import __version__
 from pg_backup_dagster.config import SourceConfig, find_source, load_sources
 from pg_backup_dagster.errors import BackupError, one_line, redact
 
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True,
-    help="PostgreSQL backups through Dagster: demo, backup, list, verify, restore, retention, gc.",
+    add_completion=False, no_args_is_help=True, rich_markup_mode=None,  # plain help: flags show no type, text wraps
+    help="PostgreSQL backups through Dagster: demo, backup, list, verify, restore, retention, gc, pools.",
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"pg-backup-dagster {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """PostgreSQL backups through Dagster: demo, backup, list, verify, restore, retention, gc, pools."""
 
 SourceOption = Annotated[str | None, typer.Option("--source", "-s", help="Source name (default: the only one).")]
 

@@ -12,7 +12,7 @@ from pg_backup_dagster.cli.app import SourceOption, app, clean_errors, fail, sel
 @app.command()
 @clean_errors
 def verify(
-    backup_id: Annotated[str, typer.Argument(help="Backup id, or 'latest'.")],
+    backup_id: Annotated[str, typer.Argument(metavar="BACKUP_ID", help="Backup id, or 'latest'.")],
     source: SourceOption = None,
     full_restore: Annotated[
         bool, typer.Option("--full-restore", help="Also restore the full archive into a throwaway database.")
@@ -44,7 +44,7 @@ def verify(
 @app.command()
 @clean_errors
 def restore(
-    backup_id: Annotated[str, typer.Argument(help="Backup id, or 'latest'.")],
+    backup_id: Annotated[str, typer.Argument(metavar="BACKUP_ID", help="Backup id, or 'latest'.")],
     to: Annotated[
         str | None,
         typer.Option(
