@@ -38,6 +38,7 @@ def setting(name: str, env: Mapping[str, str] | None = None) -> str | None:
     return (os.environ if env is None else env).get(name) or None
 
 
+DEFAULT_SCHEDULE = "0 3 * * *"  # the env-configured source: daily at 03:00 (its timezone, UTC by default)
 SOURCE_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
 PROFILES = ("plain", "supabase")
 TIERS = ("roles", "full", "schema", "table")
@@ -186,14 +187,19 @@ def load_config_file(path: Path) -> list[SourceConfig]:
 
 
 def source_from_env(env: dict[str, str]) -> SourceConfig:
-    """The single-source setup: PG_BACKUP_DATABASE_URL, PG_BACKUP_TARGET, PG_BACKUP_SOURCE, PG_BACKUP_PROFILE."""
+    """The single-source setup: PG_BACKUP_DATABASE_URL, PG_BACKUP_TARGET, PG_BACKUP_SOURCE, PG_BACKUP_PROFILE.
+
+    It backs up daily unless PG_BACKUP_SCHEDULE says otherwise (`off` disables the schedule): a backup service
+    that never backs up until told would be a trap.
+    """
     values: dict[str, Any] = {
         "name": env.get("PG_BACKUP_SOURCE", "main"),
         "target": env.get("PG_BACKUP_TARGET", "./backups"),
         "profile": env.get("PG_BACKUP_PROFILE", "plain"),
     }
-    if env.get("PG_BACKUP_SCHEDULE"):
-        values["schedule"] = env["PG_BACKUP_SCHEDULE"]
+    schedule = env.get("PG_BACKUP_SCHEDULE") or DEFAULT_SCHEDULE
+    if schedule.strip().lower() != "off":
+        values["schedule"] = schedule
     if env.get("PG_BACKUP_MAX_CONNECTIONS"):
         values["max_connections"] = _int_env(env, "PG_BACKUP_MAX_CONNECTIONS")
     return source_from_mapping(values, "from environment")

@@ -40,7 +40,7 @@ def write_config(directory: Path, server: LocalPostgres) -> Path:
     path = directory / "config.yaml"
     path.write_text(yaml.safe_dump({"sources": [{
         "name": "demo", "dsn": server.dsn(SAMPLE_DB), "target": str(directory / "backups"),
-        "schedule": "0 3 * * *", "retention": {"keep_last": 7},
+        "retention": {"keep_last": 7},  # no schedule: the demo's server only runs while the demo does
     }]}))
     return path
 
