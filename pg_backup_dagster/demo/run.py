@@ -59,9 +59,27 @@ def run_demo(directory: Path) -> int:
         print_outcome(outcome, sources[0])
     finally:
         server.stop()
-    typer.echo(
-        f"\nOpen the UI on this instance:\n  DAGSTER_HOME={directory / 'dagster_home'} "
-        f"PG_BACKUP_CONFIG={config} dagster dev -w workspace.yaml\n"
-        f"(the demo server is stopped; `pg-backup-dagster demo` again starts it and adds a backup)"
-    )
+    typer.echo(closing_hints(directory, config, outcome.backup_id if outcome.success else None))
     return 0 if outcome.success else 1
+
+
+def closing_hints(directory: Path, config: Path, backup_id: str | None) -> str:
+    """What to do next, as commands that work verbatim from this folder (the e2e test runs them)."""
+    env = f"PG_BACKUP_CONFIG={config}"
+    lines = ["", "Next:"]
+    if backup_id:
+        folder = directory / "backups" / "demo" / backup_id
+        lines += [
+            f"  backup folder:  {folder}",
+            f"  how to restore it without this tool:  {folder / 'RESTORE.md'}",
+            f"  {env} pg-backup-dagster list",
+            f"  {env} pg-backup-dagster verify {backup_id}",
+            f"  {env} PG_BACKUP_RESTORE_TO=postgresql://USER@HOST/DB pg-backup-dagster restore {backup_id} --create-db",
+        ]
+    lines += [
+        "  open the UI on this instance:",
+        f"  DAGSTER_HOME={directory / 'dagster_home'} {env} dagster dev -w workspace.yaml",
+        "(the demo server is stopped; `pg-backup-dagster demo` again starts it and adds a backup; verify and",
+        " restore read the backup folder and need no server)",
+    ]
+    return "\n".join(lines)
