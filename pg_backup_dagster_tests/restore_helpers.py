@@ -18,7 +18,7 @@ from pg_backup_dagster.defs.run import run_backup
 from pg_backup_dagster.pg.conninfo import split_password
 from pg_backup_dagster.pg.local_server import LocalPostgres
 from pg_backup_dagster.pg.tools import find_tools
-from pg_backup_dagster_tests.conftest import create_database, load_sql_file
+from pg_backup_dagster_tests.helpers import create_database, load_sql_file
 
 HOSTILE_SQL = Path(__file__).parent / "sql" / "hostile.sql"
 

@@ -14,7 +14,7 @@ from pg_backup_dagster.defs.run import run_backup
 from pg_backup_dagster.files import sha256_file
 from pg_backup_dagster.pg.conninfo import split_password
 from pg_backup_dagster.pg.tools import find_tools
-from pg_backup_dagster_tests.conftest import create_database, table_fingerprints
+from pg_backup_dagster_tests.helpers import create_database, table_fingerprints
 
 ENV_VAR = "PGBD_TEST_SAMPLE_DSN"
 

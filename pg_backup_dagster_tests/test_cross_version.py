@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from pg_backup_dagster.pg.tools import find_tools
-from pg_backup_dagster_tests.conftest import create_database, table_fingerprints
+from pg_backup_dagster_tests.helpers import create_database, table_fingerprints
 from pg_backup_dagster_tests.restore_helpers import back_up, cli, hostile_database, run_every_table
 
 HOSTILE_TABLES = [('we"ird.sch/ema', 'ta"ble.with/slash'), ("Mixed Case", "Tab le"), ("public", "uses_types")]

@@ -12,7 +12,7 @@ from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.defs.run import run_backup
 from pg_backup_dagster.errors import BackupError
 from pg_backup_dagster.storage import IDENTITY_ENV, generate_identity, open_storage
-from pg_backup_dagster_tests.conftest import create_database, table_fingerprints
+from pg_backup_dagster_tests.helpers import create_database, table_fingerprints
 from pg_backup_dagster_tests.restore_helpers import restore_full_dump
 
 DSN_ENV = "PGBD_TEST_ENCRYPTED_DSN"

@@ -14,7 +14,7 @@ import pytest
 
 from pg_backup_dagster.backup.restore_doc import COMPAT_FUNCTION
 from pg_backup_dagster.pg.local_server import ephemeral_server
-from pg_backup_dagster_tests.conftest import create_database, table_fingerprints
+from pg_backup_dagster_tests.helpers import create_database, table_fingerprints
 from pg_backup_dagster_tests.restore_helpers import (
     back_up,
     hostile_database,

@@ -29,7 +29,7 @@ from pg_backup_dagster.defs.run import run_backup
 from pg_backup_dagster.retention.apply import LATEST_GUARD, plan_for_source, run_retention
 from pg_backup_dagster.retention.policy import RetentionPolicy
 from pg_backup_dagster.storage import open_storage
-from pg_backup_dagster_tests.conftest import create_database
+from pg_backup_dagster_tests.helpers import create_database
 
 DSN_ENV = "PGBD_TEST_RETENTION_DSN"
 RESTORE_ENV = "PGBD_TEST_RETENTION_RESTORE_URL"

@@ -20,7 +20,7 @@ from pg_backup_dagster.pg.conninfo import split_password
 from pg_backup_dagster.pg.local_server import LocalPostgres
 from pg_backup_dagster.pg.tools import find_tools
 from pg_backup_dagster.tiers.paths import decode_segment
-from pg_backup_dagster_tests.conftest import create_database, load_sql_file, table_fingerprints
+from pg_backup_dagster_tests.helpers import create_database, load_sql_file, table_fingerprints
 
 SQL_DIR = Path(__file__).parent / "sql"
 

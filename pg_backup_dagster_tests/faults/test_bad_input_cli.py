@@ -15,8 +15,8 @@ import psycopg
 import pytest
 
 from pg_backup_dagster.storage import open_storage
-from pg_backup_dagster_tests.conftest import create_database
 from pg_backup_dagster_tests.faults.helpers import backup, make_source, tmpfs
+from pg_backup_dagster_tests.helpers import create_database
 
 SECRET = "Bad-Input-Pa55-x9"
 BACKUP_ID = "2030-01-01T00-00-00Z"

@@ -6,7 +6,6 @@ import dagster as dg
 import psycopg
 
 from pg_backup_dagster.storage import open_storage
-from pg_backup_dagster_tests.conftest import create_database
 from pg_backup_dagster_tests.faults.helpers import (
     assert_failed_naming,
     assert_gc_cleans,
@@ -15,6 +14,7 @@ from pg_backup_dagster_tests.faults.helpers import (
     make_source,
     tmpfs,
 )
+from pg_backup_dagster_tests.helpers import create_database
 
 SMALL_SQL = (
     "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 50) g;"

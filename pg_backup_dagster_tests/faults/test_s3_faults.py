@@ -22,7 +22,6 @@ from botocore.config import Config
 from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.storage import S3Storage, open_storage
 from pg_backup_dagster.storage.s3 import make_client
-from pg_backup_dagster_tests.conftest import create_database
 from pg_backup_dagster_tests.faults.helpers import (
     assert_failed_naming,
     assert_gc_cleans,
@@ -31,8 +30,8 @@ from pg_backup_dagster_tests.faults.helpers import (
     leftovers,
     make_source,
 )
+from pg_backup_dagster_tests.helpers import create_database, free_port, moto_command, wait_until_up
 from pg_backup_dagster_tests.s3_proxy import RESET, FaultProxy, Rule, running_proxy
-from pg_backup_dagster_tests.storage.conftest import _free_port, _moto_command, _wait_until_up
 
 MiB = 1024 * 1024
 # 1,500 rows of 4 KiB random bytes: incompressible, so the full dump is ~6 MiB = two 5 MiB parts.
@@ -150,13 +149,13 @@ def test_bucket_missing(s3world):
 @pytest.fixture
 def moto_with_iam(tmp_path) -> Iterator[tuple[str, dict[str, tuple[str, str]]]]:
     """A moto server that enforces IAM after its first 7 actions: a bucket, an admin and a read-only user."""
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "7"}
     with open(tmp_path / "moto-iam.log", "wb") as log:
-        proc = subprocess.Popen(_moto_command(port), stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(moto_command(port), stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
-        _wait_until_up(url, proc)
+        wait_until_up(url, proc)
         kw = {"endpoint_url": url, "region_name": "us-east-1", "aws_access_key_id": "x", "aws_secret_access_key": "x"}
         boto3.client("s3", config=Config(s3={"addressing_style": "path"}), **kw).create_bucket(Bucket="guarded")
         iam = boto3.client("iam", **kw)

@@ -23,7 +23,6 @@ import pytest
 from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.pg.local_server import LocalPostgres
 from pg_backup_dagster.storage import BackupStorage, open_storage
-from pg_backup_dagster_tests.conftest import create_database
 from pg_backup_dagster_tests.faults.helpers import (
     assert_failed_naming,
     assert_gc_cleans,
@@ -36,6 +35,7 @@ from pg_backup_dagster_tests.faults.helpers import (
     table_locked,
     wait_for_blocked_dump,
 )
+from pg_backup_dagster_tests.helpers import create_database
 
 MAX_SERVER_CONNECTIONS = 12
 SQL = """
