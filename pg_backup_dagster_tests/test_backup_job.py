@@ -22,11 +22,12 @@ ENV_VAR = "PGBD_TEST_SAMPLE_DSN"
 @pytest.fixture(scope="module")
 def backed_up(sample_dsn, tmp_path_factory):
     """One backup run of the sample database, on a real (temporary) Dagster instance."""
-    os.environ[ENV_VAR] = sample_dsn
     target = tmp_path_factory.mktemp("target")
     source = SourceConfig(name="sample", dsn_env=ENV_VAR, target=str(target), restore_url_env=None)
     with dg.instance_for_test() as instance:
-        outcome = run_backup(source, [source], instance)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv(ENV_VAR, sample_dsn)
+            outcome = run_backup(source, [source], instance)
         yield outcome, target / "sample" / outcome.backup_id, instance
 
 

@@ -36,7 +36,8 @@ def source_dsn(pg18) -> str:
 
 @pytest.fixture(scope="module")
 def published(source_dsn, pg18, tmp_path_factory):
-    return back_up("restored", source_dsn, str(tmp_path_factory.mktemp("restore_target")), pg18.dsn())
+    with pytest.MonkeyPatch.context() as mp:
+        return back_up(mp, "restored", source_dsn, str(tmp_path_factory.mktemp("restore_target")), pg18.dsn())
 
 
 def restore(published, target: str, *args: str):
@@ -176,7 +177,7 @@ def test_restore_job_records_the_restore_in_dagster(published, source_dsn, pg18,
 def test_round_trip_from_s3(s3_env, s3_client, source_dsn, pg18, monkeypatch):
     name = f"pgbd-{uuid.uuid4().hex[:16]}"
     s3_client.create_bucket(Bucket=name)
-    from_s3 = back_up("s3restored", source_dsn, f"s3://{name}/backups", pg18.dsn())
+    from_s3 = back_up(monkeypatch, "s3restored", source_dsn, f"s3://{name}/backups", pg18.dsn())
     full = create_database(pg18, "r_s3_full")
     assert restore(from_s3, full).exit_code == 0
     assert table_fingerprints(full) == table_fingerprints(source_dsn)

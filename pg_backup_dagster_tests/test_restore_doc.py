@@ -34,7 +34,8 @@ def source_dsn(pg18) -> str:
 
 @pytest.fixture(scope="module")
 def folder(source_dsn, pg18, tmp_path_factory) -> Path:
-    published = back_up("doc", source_dsn, str(tmp_path_factory.mktemp("doc_target")), pg18.dsn())
+    with pytest.MonkeyPatch.context() as mp:
+        published = back_up(mp, "doc", source_dsn, str(tmp_path_factory.mktemp("doc_target")), pg18.dsn())
     assert published.folder is not None
     return published.folder
 

@@ -27,10 +27,10 @@ FROM generate_series(1, 800) g, generate_series(1, 256) x GROUP BY g;
 """
 
 
-def test_target_disk_full(pg18, tmp_path):
+def test_target_disk_full(pg18, tmp_path, monkeypatch):
     with tmpfs(tmp_path / "small-disk", "2m") as disk:
         dsn = create_database(pg18, "diskfull", SMALL_SQL)
-        source = make_source("diskfull", dsn, str(disk / "backups"), pg18.dsn())
+        source = make_source(monkeypatch, "diskfull", dsn, str(disk / "backups"), pg18.dsn())
         storage = open_storage(source.target)
         with dg.instance_for_test() as instance:
             good = backup(source, instance)

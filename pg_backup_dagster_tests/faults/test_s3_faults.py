@@ -82,7 +82,7 @@ def s3world(moto_endpoint, pg18, tmp_path_factory) -> Iterator[S3World]:
         bucket = f"pgbd-faults-{uuid.uuid4().hex[:12]}"
         make_client().create_bucket(Bucket=bucket)
         dsn = create_database(pg18, "s3faults", BULK_SQL)
-        source = make_source("s3bulk", dsn, f"s3://{bucket}/faults", pg18.dsn(), part_size=5 * MiB)
+        source = make_source(mp, "s3bulk", dsn, f"s3://{bucket}/faults", pg18.dsn(), part_size=5 * MiB)
         with dg.instance_for_test() as instance:
             world = S3World(
                 source,
@@ -134,9 +134,9 @@ def test_one_part_failing_publishes_nothing_and_a_transient_fault_is_retried(s3w
     assert leftovers(s3world.storage, "s3bulk") == []
 
 
-def test_bucket_missing(s3world):
+def test_bucket_missing(s3world, monkeypatch):
     bucket = f"pgbd-missing-{uuid.uuid4().hex[:12]}"
-    source = make_source("nobucket", s3world.small_dsn, f"s3://{bucket}/p", s3world.restore_url)
+    source = make_source(monkeypatch, "nobucket", s3world.small_dsn, f"s3://{bucket}/p", s3world.restore_url)
     failed = backup(source, s3world.instance)
     assert_failed_naming(failed, f"S3 bucket '{bucket}' does not exist")
     assert not (Path(os.environ["PG_BACKUP_WORK_DIR"]) / "nobucket").exists(), "nothing staged before the check"
@@ -175,7 +175,7 @@ def moto_with_iam(tmp_path) -> Iterator[tuple[str, dict[str, tuple[str, str]]]]:
 def test_access_denied_on_upload(s3world, moto_with_iam, monkeypatch, tmp_path):
     """Real IAM in moto: read-only credentials pass the bucket check and are refused at the first upload."""
     url, keys = moto_with_iam
-    source = make_source("denied", s3world.small_dsn, "s3://guarded/p", s3world.restore_url)
+    source = make_source(monkeypatch, "denied", s3world.small_dsn, "s3://guarded/p", s3world.restore_url)
     _aws_env(monkeypatch, url, tmp_path, *keys["admin"])
     good = backup(source, s3world.instance)
     assert good.success, good.errors

@@ -69,8 +69,8 @@ def world(pg18, tmp_path_factory) -> Iterator[World]:
     try:
         dsn = create_database(server, "faultsrc", SQL)
         target = tmp_path_factory.mktemp("faults-src-target")
-        source = make_source("srcfaults", dsn, str(target), pg18.dsn(), max_connections=3, retry_max_wait=2.0)
-        with dg.instance_for_test() as instance:
+        with pytest.MonkeyPatch.context() as mp, dg.instance_for_test() as instance:
+            source = make_source(mp, "srcfaults", dsn, str(target), pg18.dsn(), max_connections=3, retry_max_wait=2.0)
             world = World(server, dsn, source, open_storage(source.target), instance)
             good = backup(source, instance)
             assert good.success, good.errors
