@@ -10,6 +10,7 @@ from pathlib import Path
 
 import dagster as dg
 import psycopg
+import pytest
 from typer.testing import CliRunner
 
 from pg_backup_dagster.cli import app
@@ -18,7 +19,7 @@ from pg_backup_dagster.defs.run import run_backup
 from pg_backup_dagster.pg.conninfo import split_password
 from pg_backup_dagster.pg.local_server import LocalPostgres
 from pg_backup_dagster.pg.tools import find_tools
-from pg_backup_dagster_tests.conftest import create_database, load_sql_file
+from pg_backup_dagster_tests.helpers import create_database, load_sql_file
 
 HOSTILE_SQL = Path(__file__).parent / "sql" / "hostile.sql"
 
@@ -35,20 +36,26 @@ def hostile_database(server: LocalPostgres, prefix: str, *statements: str) -> st
 
 @dataclass
 class Published:
-    """A backup published by a real backup run: its source config, id and (for local targets) folder."""
+    """A backup published by a real backup run: its source config, id, (for local targets) folder, and the
+    env variables the source config names (its DSN and restore server), for whoever runs it again."""
 
     source: SourceConfig
     backup_id: str
     folder: Path | None
+    env: dict[str, str]
 
 
-def back_up(name: str, dsn: str, target: str, restore_server: str) -> Published:
+def back_up(monkeypatch: pytest.MonkeyPatch, name: str, dsn: str, target: str, restore_server: str) -> Published:
     """One backup run of the database at dsn through Dagster (job backup_{name}); fails the test if it fails.
 
-    The checks restore on restore_server (a running server's maintenance DSN) rather than on throwaway servers.
+    The source's env variables are set with monkeypatch (a module-scoped fixture passes its own
+    `pytest.MonkeyPatch.context()`), so they end with the caller's scope. The checks restore on
+    restore_server (a running server's maintenance DSN) rather than on throwaway servers.
     """
     env_var, restore_var = f"PGBD_TEST_{name.upper()}_DSN", f"PGBD_TEST_{name.upper()}_RESTORE_URL"
-    os.environ[env_var], os.environ[restore_var] = dsn, restore_server
+    env = {env_var: dsn, restore_var: restore_server}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
     # restore_jobs=1: the check's parallel pg_restore can deadlock on the hostile schema's foreign key to a
     # partitioned table (PostgreSQL, ~1 run in 20); restore.py avoids it with a separate foreign-key pass.
     source = SourceConfig(name=name, dsn_env=env_var, target=target, restore_url_env=restore_var, restore_jobs=1)
@@ -56,7 +63,7 @@ def back_up(name: str, dsn: str, target: str, restore_server: str) -> Published:
         outcome = run_backup(source, [source], instance)
     assert outcome.success, outcome.errors
     folder = None if target.startswith("s3://") else Path(target) / name / outcome.backup_id
-    return Published(source, outcome.backup_id, folder)
+    return Published(source, outcome.backup_id, folder, env)
 
 
 def cli(published: Published, *args: str, env: dict[str, str] | None = None):
@@ -66,8 +73,8 @@ def cli(published: Published, *args: str, env: dict[str, str] | None = None):
         "PG_BACKUP_TARGET": source.target,
         "PG_BACKUP_SOURCE": source.name,
         "PG_BACKUP_CONFIG": "",
-        "PG_BACKUP_DATABASE_URL": os.environ[source.dsn_env],
-        "PG_BACKUP_RESTORE_URL": os.environ[source.restore_url_env or ""],
+        "PG_BACKUP_DATABASE_URL": published.env[source.dsn_env],
+        "PG_BACKUP_RESTORE_URL": published.env[source.restore_url_env or ""],
     }
     return CliRunner().invoke(app, list(args), env={**base, **(env or {})}, catch_exceptions=False)
 

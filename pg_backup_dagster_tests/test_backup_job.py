@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 
 import dagster as dg
+import psycopg
 import pytest
 
 from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.defs.run import run_backup
 from pg_backup_dagster.files import sha256_file
 from pg_backup_dagster.pg.conninfo import split_password
+from pg_backup_dagster.pg.profiles import roles_sql_has_password_hash
 from pg_backup_dagster.pg.tools import find_tools
-from pg_backup_dagster_tests.conftest import create_database, table_fingerprints
+from pg_backup_dagster_tests.helpers import create_database, table_fingerprints
 
 ENV_VAR = "PGBD_TEST_SAMPLE_DSN"
 
@@ -22,11 +25,12 @@ ENV_VAR = "PGBD_TEST_SAMPLE_DSN"
 @pytest.fixture(scope="module")
 def backed_up(sample_dsn, tmp_path_factory):
     """One backup run of the sample database, on a real (temporary) Dagster instance."""
-    os.environ[ENV_VAR] = sample_dsn
     target = tmp_path_factory.mktemp("target")
     source = SourceConfig(name="sample", dsn_env=ENV_VAR, target=str(target), restore_url_env=None)
     with dg.instance_for_test() as instance:
-        outcome = run_backup(source, [source], instance)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv(ENV_VAR, sample_dsn)
+            outcome = run_backup(source, [source], instance)
         yield outcome, target / "sample" / outcome.backup_id, instance
 
 
@@ -71,11 +75,16 @@ def test_published_layout_and_manifest(backed_up):
     assert not list(folder.parent.glob(".staging/*")), "staging must be empty after publish"
 
 
-def test_roles_file_has_roles_but_no_password_hashes(backed_up):
+def test_roles_file_has_roles_but_no_password_hashes(backed_up, sample_dsn):
     _, folder, _ = backed_up
     text = (folder / "roles.sql").read_text()
-    assert "CREATE ROLE" in text
-    assert "SCRAM-SHA-256$" not in text and "md5" not in text.lower().split("password")[-1][:5]
+    assert "CREATE ROLE app_login" in text, "the demo's login role (it has a password) must be in roles.sql"
+    assert not roles_sql_has_password_hash(text)  # the product's own detector: SCRAM or md5, comments included
+    assert "SCRAM-SHA-256$" not in text and not re.search(r"PASSWORD\s+'", text, re.I)  # not even a fragment
+    with psycopg.connect(sample_dsn) as conn:
+        (stored,) = conn.execute("SELECT rolpassword FROM pg_authid WHERE rolname = 'app_login'").fetchone()
+    assert stored and roles_sql_has_password_hash(stored), "the detector must recognise this server's hash"
+    assert stored not in text
 
 
 def test_full_dump_restores_with_identical_tables(backed_up, pg18, sample_dsn):

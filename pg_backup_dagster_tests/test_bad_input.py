@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pg_backup_dagster_tests.conftest import PG15_BIN, create_database
+from pg_backup_dagster_tests.helpers import PG15_BIN, create_database
 
 SECRET = "Hunter2-wrong-Pa55"
 

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from pg_backup_dagster.pg.tools import find_tools
-from pg_backup_dagster_tests.conftest import create_database, table_fingerprints
+from pg_backup_dagster_tests.helpers import create_database, table_fingerprints
 from pg_backup_dagster_tests.restore_helpers import back_up, cli, hostile_database, run_every_table
 
 HOSTILE_TABLES = [('we"ird.sch/ema', 'ta"ble.with/slash'), ("Mixed Case", "Tab le"), ("public", "uses_types")]
@@ -21,7 +21,8 @@ def version_case(pg15, pg18, tmp_path_factory):
     The 18 source is backed up and restored the same way in test_restore.py and test_restore_doc.py.
     """
     dsn = hostile_database(pg15, "cross_pg15")
-    published = back_up("cross_pg15", dsn, str(tmp_path_factory.mktemp("cross_pg15")), pg18.dsn())
+    with pytest.MonkeyPatch.context() as mp:
+        published = back_up(mp, "cross_pg15", dsn, str(tmp_path_factory.mktemp("cross_pg15")), pg18.dsn())
     return pg15, dsn, published
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import dagster as dg
@@ -12,7 +11,7 @@ from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.defs.run import run_backup
 from pg_backup_dagster.errors import BackupError
 from pg_backup_dagster.storage import IDENTITY_ENV, generate_identity, open_storage
-from pg_backup_dagster_tests.conftest import create_database, table_fingerprints
+from pg_backup_dagster_tests.helpers import create_database, table_fingerprints
 from pg_backup_dagster_tests.restore_helpers import restore_full_dump
 
 DSN_ENV = "PGBD_TEST_ENCRYPTED_DSN"
@@ -25,13 +24,13 @@ AGE_HEADER = b"age-encryption.org/v1"
 def encrypted(sample_dsn, pg18, tmp_path_factory: pytest.TempPathFactory):
     """One backup of the sample database with an age recipient configured."""
     secret, recipient = generate_identity()
-    os.environ[DSN_ENV] = sample_dsn
-    os.environ[RESTORE_ENV] = pg18.dsn()
     target = tmp_path_factory.mktemp("encrypted")
     source = SourceConfig(
         name="secret", dsn_env=DSN_ENV, target=str(target), restore_url_env=RESTORE_ENV, age_recipients=(recipient,)
     )
-    with dg.instance_for_test() as instance:
+    with pytest.MonkeyPatch.context() as mp, dg.instance_for_test() as instance:
+        mp.setenv(DSN_ENV, sample_dsn)
+        mp.setenv(RESTORE_ENV, pg18.dsn())
         outcome = run_backup(source, [source], instance)
     assert outcome.success, outcome.errors
     return outcome.backup_id, target, secret

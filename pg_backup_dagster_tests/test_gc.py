@@ -19,7 +19,7 @@ from pg_backup_dagster.cli import app
 from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.defs.run import run_backup
 from pg_backup_dagster.storage import open_storage
-from pg_backup_dagster_tests.conftest import create_database
+from pg_backup_dagster_tests.helpers import create_database
 
 DSN_ENV = "PGBD_TEST_GC_DSN"
 BROKEN_DSN_ENV = "PGBD_TEST_GC_BROKEN_DSN"

@@ -19,7 +19,7 @@ from pg_backup_dagster.defs.instance import BASE_CONFIG, PG_URL_ENV, ensure_inst
 from pg_backup_dagster.defs.run import open_instance
 from pg_backup_dagster.errors import BackupError
 from pg_backup_dagster.storage import open_storage
-from pg_backup_dagster_tests.conftest import create_database
+from pg_backup_dagster_tests.helpers import create_database
 
 SQL = """
 CREATE SCHEMA app;

@@ -16,9 +16,8 @@ from pg_backup_dagster.definitions import build_definitions
 from pg_backup_dagster.errors import BackupError
 from pg_backup_dagster.pg.local_server import ephemeral_server
 from pg_backup_dagster.restore.run import parse_table_name
-from pg_backup_dagster_tests.conftest import create_database, table_fingerprints
+from pg_backup_dagster_tests.helpers import create_database, table_fingerprints
 from pg_backup_dagster_tests.restore_helpers import back_up, cli, hostile_database
-from pg_backup_dagster_tests.storage.conftest import bucket, moto_endpoint, s3_client, s3_env  # noqa: F401
 
 ROLE = f"pgbd_restore_writer_{os.getpid()}"
 HOSTILE_TABLES = [
@@ -37,7 +36,8 @@ def source_dsn(pg18) -> str:
 
 @pytest.fixture(scope="module")
 def published(source_dsn, pg18, tmp_path_factory):
-    return back_up("restored", source_dsn, str(tmp_path_factory.mktemp("restore_target")), pg18.dsn())
+    with pytest.MonkeyPatch.context() as mp:
+        return back_up(mp, "restored", source_dsn, str(tmp_path_factory.mktemp("restore_target")), pg18.dsn())
 
 
 def restore(published, target: str, *args: str):
@@ -174,10 +174,10 @@ def test_restore_job_records_the_restore_in_dagster(published, source_dsn, pg18,
     assert table_fingerprints(target) == {t: source[t] for t in [("pct%2F", "100%"), ("case", "T")]}
 
 
-def test_round_trip_from_s3(s3_env, s3_client, source_dsn, pg18, monkeypatch):  # noqa: F811
+def test_round_trip_from_s3(s3_env, s3_client, source_dsn, pg18, monkeypatch):
     name = f"pgbd-{uuid.uuid4().hex[:16]}"
     s3_client.create_bucket(Bucket=name)
-    from_s3 = back_up("s3restored", source_dsn, f"s3://{name}/backups", pg18.dsn())
+    from_s3 = back_up(monkeypatch, "s3restored", source_dsn, f"s3://{name}/backups", pg18.dsn())
     full = create_database(pg18, "r_s3_full")
     assert restore(from_s3, full).exit_code == 0
     assert table_fingerprints(full) == table_fingerprints(source_dsn)

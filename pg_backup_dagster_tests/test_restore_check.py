@@ -9,7 +9,7 @@ import pytest
 
 from pg_backup_dagster.pg.tools import find_tools
 from pg_backup_dagster.verify.test_restore import restore_and_compare
-from pg_backup_dagster_tests.conftest import create_database
+from pg_backup_dagster_tests.helpers import create_database
 
 ROWS = 5000
 

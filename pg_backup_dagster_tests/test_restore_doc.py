@@ -14,7 +14,7 @@ import pytest
 
 from pg_backup_dagster.backup.restore_doc import COMPAT_FUNCTION
 from pg_backup_dagster.pg.local_server import ephemeral_server
-from pg_backup_dagster_tests.conftest import create_database, table_fingerprints
+from pg_backup_dagster_tests.helpers import create_database, table_fingerprints
 from pg_backup_dagster_tests.restore_helpers import (
     back_up,
     hostile_database,
@@ -34,7 +34,8 @@ def source_dsn(pg18) -> str:
 
 @pytest.fixture(scope="module")
 def folder(source_dsn, pg18, tmp_path_factory) -> Path:
-    published = back_up("doc", source_dsn, str(tmp_path_factory.mktemp("doc_target")), pg18.dsn())
+    with pytest.MonkeyPatch.context() as mp:
+        published = back_up(mp, "doc", source_dsn, str(tmp_path_factory.mktemp("doc_target")), pg18.dsn())
     assert published.folder is not None
     return published.folder
 

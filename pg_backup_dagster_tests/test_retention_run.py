@@ -7,7 +7,6 @@ points at the oldest backup and the latest guard is exercised by a real history,
 
 from __future__ import annotations
 
-import os
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -29,7 +28,7 @@ from pg_backup_dagster.defs.run import run_backup
 from pg_backup_dagster.retention.apply import LATEST_GUARD, plan_for_source, run_retention
 from pg_backup_dagster.retention.policy import RetentionPolicy
 from pg_backup_dagster.storage import open_storage
-from pg_backup_dagster_tests.conftest import create_database
+from pg_backup_dagster_tests.helpers import create_database
 
 DSN_ENV = "PGBD_TEST_RETENTION_DSN"
 RESTORE_ENV = "PGBD_TEST_RETENTION_RESTORE_URL"
@@ -46,13 +45,23 @@ def source(name: str, target: Path, **overrides) -> SourceConfig:
 
 
 @pytest.fixture(scope="module")
-def history(pg18, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def source_env(pg18) -> dict[str, str]:
+    """The env variables the sources name: the database to back up and the server the checks restore on."""
+    return {DSN_ENV: create_database(pg18, "retention", TINY_SQL), RESTORE_ENV: pg18.dsn()}
+
+
+def set_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.fixture(scope="module")
+def history(source_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Real backups: alpha A2, A3, A1 (in that order) and beta B1, all in one target directory."""
-    os.environ[DSN_ENV] = create_database(pg18, "retention", TINY_SQL)
-    os.environ[RESTORE_ENV] = pg18.dsn()
     target = tmp_path_factory.mktemp("history") / "target"
     alpha, beta = source("alpha", target), source("beta", target)
-    with dg.instance_for_test() as instance:
+    with pytest.MonkeyPatch.context() as mp, dg.instance_for_test() as instance:
+        set_env(mp, source_env)
         for src, backup_id in ((alpha, A2), (alpha, A3), (alpha, A1), (beta, B1)):
             outcome = run_backup(src, [alpha, beta], instance, backup_id=backup_id)
             assert outcome.success, outcome.errors
@@ -74,7 +83,9 @@ class World:
 
 
 @pytest.fixture
-def world(history: Path, tmp_path: Path) -> Iterator[World]:
+def world(history: Path, source_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    """The sources' env variables are set for the test (a backup run reads them)."""
+    set_env(monkeypatch, source_env)
     target, other = tmp_path / "target", tmp_path / "other"
     shutil.copytree(history, target, symlinks=True)
     shutil.copytree(history / "alpha", other / "alpha", symlinks=True)

@@ -20,7 +20,7 @@ from pg_backup_dagster.cli import app
 from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.defs.run import run_backup
 from pg_backup_dagster.storage import open_storage
-from pg_backup_dagster_tests.conftest import SAMPLE_SQL, create_database, load_sql_file, table_fingerprints
+from pg_backup_dagster_tests.helpers import SAMPLE_SQL, create_database, load_sql_file, table_fingerprints
 from pg_backup_dagster_tests.restore_helpers import restore_full_dump
 from pg_backup_dagster_tests.s3_proxy import FaultProxy, Rule, running_proxy
 

@@ -18,7 +18,7 @@ from psycopg.conninfo import conninfo_to_dict
 import pg_backup_dagster
 from pg_backup_dagster.pg.local_server import LocalPostgres
 from pg_backup_dagster.pg.tools import find_tools
-from pg_backup_dagster_tests.conftest import create_database
+from pg_backup_dagster_tests.helpers import create_database
 
 SAMPLE = Path(pg_backup_dagster.__file__).parent / "demo" / "sample.sql"
 SCHEMAS = ("analytics", "audit", "crm", "shop")

@@ -21,7 +21,7 @@ from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.defs.preflight import preflight
 from pg_backup_dagster.defs.run import run_backup
 from pg_backup_dagster.errors import BackupError
-from pg_backup_dagster_tests.conftest import create_database
+from pg_backup_dagster_tests.helpers import create_database
 
 DSN_ENV = "PGBD_SECRETS_DSN"
 RESTORE_ENV = "PGBD_SECRETS_RESTORE_URL"

@@ -20,14 +20,17 @@ from pg_backup_dagster.pg.conninfo import split_password
 from pg_backup_dagster.pg.local_server import LocalPostgres
 from pg_backup_dagster.pg.tools import find_tools
 from pg_backup_dagster.tiers.paths import decode_segment
-from pg_backup_dagster_tests.conftest import create_database, load_sql_file, table_fingerprints
+from pg_backup_dagster_tests.helpers import create_database, load_sql_file, table_fingerprints
 
 SQL_DIR = Path(__file__).parent / "sql"
 
 
-def backup_through_dagster(dsn: str, target: Path, name: str, **config) -> tuple[BackupOutcome, Path]:
+def backup_through_dagster(
+    monkeypatch: pytest.MonkeyPatch, dsn: str, target: Path, name: str, **config
+) -> tuple[BackupOutcome, Path]:
+    """One backup run through Dagster, the DSN in an env variable set with the caller's monkeypatch."""
     env_var = f"PGBD_TEST_{name.upper()}_DSN"
-    os.environ[env_var] = dsn
+    monkeypatch.setenv(env_var, dsn)
     source = SourceConfig(name=name, dsn_env=env_var, target=str(target), restore_url_env=None, **config)
     with dg.instance_for_test() as instance:
         outcome = run_backup(source, [source], instance)
@@ -45,7 +48,8 @@ def pg_restore(dsn: str, archive: Path, *extra: str) -> None:
 def hostile_backup(pg18, tmp_path_factory):
     dsn = create_database(pg18, "hostile")
     load_sql_file(dsn, SQL_DIR / "hostile.sql")
-    outcome, folder = backup_through_dagster(dsn, tmp_path_factory.mktemp("target"), "hostile")
+    with pytest.MonkeyPatch.context() as mp:
+        outcome, folder = backup_through_dagster(mp, dsn, tmp_path_factory.mktemp("target"), "hostile")
     return dsn, outcome, folder
 
 
@@ -101,10 +105,10 @@ def supabase_server() -> Iterator[LocalPostgres]:
     server.destroy()
 
 
-def test_supabase_like_backup_restores_into_the_same_shape(supabase_server, tmp_path):
+def test_supabase_like_backup_restores_into_the_same_shape(supabase_server, tmp_path, monkeypatch):
     dsn = create_database(supabase_server, "project")
     load_sql_file(dsn, SQL_DIR / "supabase_like.sql")
-    outcome, folder = backup_through_dagster(dsn, tmp_path, "supa", profile="supabase")
+    outcome, folder = backup_through_dagster(monkeypatch, dsn, tmp_path, "supa", profile="supabase")
     assert outcome.success, outcome.errors
     assert all(passed for passed, _ in outcome.checks.values()), outcome.checks
     roles = (folder / "roles.sql").read_text()
@@ -137,7 +141,7 @@ def _writer(dsn: str, stop: threading.Event) -> int:
     return batches
 
 
-def test_all_tiers_show_one_instant_while_the_database_is_written(pg18, tmp_path):
+def test_all_tiers_show_one_instant_while_the_database_is_written(pg18, tmp_path, monkeypatch):
     dsn = create_database(pg18, "busy", """
         CREATE SCHEMA s1; CREATE SCHEMA s2;
         CREATE TABLE s1.a (id bigserial PRIMARY KEY, v text);
@@ -150,7 +154,7 @@ def test_all_tiers_show_one_instant_while_the_database_is_written(pg18, tmp_path
     writer = threading.Thread(target=lambda: result.append(_writer(dsn, stop)))
     writer.start()
     try:
-        outcome, folder = backup_through_dagster(dsn, tmp_path, "busy")
+        outcome, folder = backup_through_dagster(monkeypatch, dsn, tmp_path, "busy")
     finally:
         stop.set()
         writer.join()
@@ -177,8 +181,8 @@ def test_all_tiers_show_one_instant_while_the_database_is_written(pg18, tmp_path
     ("tiers", "checks"),
     [(("full",), {"full_dump_restores"}), (("full", "table"), {"full_dump_restores", "table_dumps_restore"})],
 )
-def test_a_source_can_take_only_some_tiers(sample_dsn, tmp_path, tiers, checks):
-    outcome, folder = backup_through_dagster(sample_dsn, tmp_path, "some", tiers=tiers)
+def test_a_source_can_take_only_some_tiers(sample_dsn, tmp_path, tiers, checks, monkeypatch):
+    outcome, folder = backup_through_dagster(monkeypatch, sample_dsn, tmp_path, "some", tiers=tiers)
     assert outcome.success, outcome.errors
     assert set(outcome.checks) == checks and all(passed for passed, _ in outcome.checks.values())
     manifest = json.loads((folder / "manifest.json").read_text())

@@ -14,7 +14,8 @@ from pg_backup_dagster_tests.restore_helpers import Published, back_up, cli
 
 @pytest.fixture(scope="module")
 def published(sample_dsn, pg18, tmp_path_factory) -> Published:
-    return back_up("verified", sample_dsn, str(tmp_path_factory.mktemp("verify_target")), pg18.dsn())
+    with pytest.MonkeyPatch.context() as mp:
+        return back_up(mp, "verified", sample_dsn, str(tmp_path_factory.mktemp("verify_target")), pg18.dsn())
 
 
 def tampered_copy(published: Published, tmp_path: Path) -> tuple[Published, Path]:

@@ -34,11 +34,17 @@ def next_backup_id() -> str:
     return (_BASE + timedelta(seconds=next(_ids))).strftime("%Y-%m-%dT%H-%M-%SZ")
 
 
-def make_source(name: str, dsn: str, target: str, restore_url: str, **settings) -> SourceConfig:
-    """A source whose DSN and restore server travel through env variables, as in production."""
+def make_source(
+    monkeypatch: pytest.MonkeyPatch, name: str, dsn: str, target: str, restore_url: str, **settings
+) -> SourceConfig:
+    """A source whose DSN and restore server travel through env variables, as in production.
+
+    The variables are set with monkeypatch, so they last as long as its scope: a module-scoped world passes
+    the `pytest.MonkeyPatch.context()` it holds open while its tests run.
+    """
     dsn_env = f"PGBD_FAULTS_{name.upper()}_DSN"
-    os.environ[dsn_env] = dsn
-    os.environ[RESTORE_ENV] = restore_url
+    monkeypatch.setenv(dsn_env, dsn)
+    monkeypatch.setenv(RESTORE_ENV, restore_url)
     return SourceConfig(name=name, dsn_env=dsn_env, target=target, restore_url_env=RESTORE_ENV, **settings)
 
 

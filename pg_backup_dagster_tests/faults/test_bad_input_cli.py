@@ -15,8 +15,8 @@ import psycopg
 import pytest
 
 from pg_backup_dagster.storage import open_storage
-from pg_backup_dagster_tests.conftest import create_database
 from pg_backup_dagster_tests.faults.helpers import backup, make_source, tmpfs
+from pg_backup_dagster_tests.helpers import create_database
 
 SECRET = "Bad-Input-Pa55-x9"
 BACKUP_ID = "2030-01-01T00-00-00Z"
@@ -133,7 +133,7 @@ def test_list_with_an_unreadable_manifest(tmp_path, content, expected):
 
 
 @pytest.fixture
-def tampered(pg18, tmp_path) -> tuple[Path, str, str]:
+def tampered(pg18, tmp_path, monkeypatch) -> tuple[Path, str, str]:
     """A real backup whose table file and full archive were then altered on disk."""
     dsn = create_database(
         pg18,
@@ -141,7 +141,7 @@ def tampered(pg18, tmp_path) -> tuple[Path, str, str]:
         "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 100) g;",
     )
     target = tmp_path / "target"
-    source = make_source("main", dsn, str(target), pg18.dsn())
+    source = make_source(monkeypatch, "main", dsn, str(target), pg18.dsn())
     with dg.instance_for_test() as instance:
         outcome = backup(source, instance, BACKUP_ID)
     assert outcome.success, outcome.errors

@@ -6,7 +6,6 @@ import dagster as dg
 import psycopg
 
 from pg_backup_dagster.storage import open_storage
-from pg_backup_dagster_tests.conftest import create_database
 from pg_backup_dagster_tests.faults.helpers import (
     assert_failed_naming,
     assert_gc_cleans,
@@ -15,6 +14,7 @@ from pg_backup_dagster_tests.faults.helpers import (
     make_source,
     tmpfs,
 )
+from pg_backup_dagster_tests.helpers import create_database
 
 SMALL_SQL = (
     "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 50) g;"
@@ -27,10 +27,10 @@ FROM generate_series(1, 800) g, generate_series(1, 256) x GROUP BY g;
 """
 
 
-def test_target_disk_full(pg18, tmp_path):
+def test_target_disk_full(pg18, tmp_path, monkeypatch):
     with tmpfs(tmp_path / "small-disk", "2m") as disk:
         dsn = create_database(pg18, "diskfull", SMALL_SQL)
-        source = make_source("diskfull", dsn, str(disk / "backups"), pg18.dsn())
+        source = make_source(monkeypatch, "diskfull", dsn, str(disk / "backups"), pg18.dsn())
         storage = open_storage(source.target)
         with dg.instance_for_test() as instance:
             good = backup(source, instance)

@@ -22,7 +22,6 @@ from botocore.config import Config
 from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.storage import S3Storage, open_storage
 from pg_backup_dagster.storage.s3 import make_client
-from pg_backup_dagster_tests.conftest import create_database
 from pg_backup_dagster_tests.faults.helpers import (
     assert_failed_naming,
     assert_gc_cleans,
@@ -31,8 +30,8 @@ from pg_backup_dagster_tests.faults.helpers import (
     leftovers,
     make_source,
 )
+from pg_backup_dagster_tests.helpers import create_database, free_port, moto_command, wait_until_up
 from pg_backup_dagster_tests.s3_proxy import RESET, FaultProxy, Rule, running_proxy
-from pg_backup_dagster_tests.storage.conftest import _free_port, _moto_command, _wait_until_up
 
 MiB = 1024 * 1024
 # 1,500 rows of 4 KiB random bytes: incompressible, so the full dump is ~6 MiB = two 5 MiB parts.
@@ -83,7 +82,7 @@ def s3world(moto_endpoint, pg18, tmp_path_factory) -> Iterator[S3World]:
         bucket = f"pgbd-faults-{uuid.uuid4().hex[:12]}"
         make_client().create_bucket(Bucket=bucket)
         dsn = create_database(pg18, "s3faults", BULK_SQL)
-        source = make_source("s3bulk", dsn, f"s3://{bucket}/faults", pg18.dsn(), part_size=5 * MiB)
+        source = make_source(mp, "s3bulk", dsn, f"s3://{bucket}/faults", pg18.dsn(), part_size=5 * MiB)
         with dg.instance_for_test() as instance:
             world = S3World(
                 source,
@@ -135,9 +134,9 @@ def test_one_part_failing_publishes_nothing_and_a_transient_fault_is_retried(s3w
     assert leftovers(s3world.storage, "s3bulk") == []
 
 
-def test_bucket_missing(s3world):
+def test_bucket_missing(s3world, monkeypatch):
     bucket = f"pgbd-missing-{uuid.uuid4().hex[:12]}"
-    source = make_source("nobucket", s3world.small_dsn, f"s3://{bucket}/p", s3world.restore_url)
+    source = make_source(monkeypatch, "nobucket", s3world.small_dsn, f"s3://{bucket}/p", s3world.restore_url)
     failed = backup(source, s3world.instance)
     assert_failed_naming(failed, f"S3 bucket '{bucket}' does not exist")
     assert not (Path(os.environ["PG_BACKUP_WORK_DIR"]) / "nobucket").exists(), "nothing staged before the check"
@@ -150,13 +149,13 @@ def test_bucket_missing(s3world):
 @pytest.fixture
 def moto_with_iam(tmp_path) -> Iterator[tuple[str, dict[str, tuple[str, str]]]]:
     """A moto server that enforces IAM after its first 7 actions: a bucket, an admin and a read-only user."""
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "7"}
     with open(tmp_path / "moto-iam.log", "wb") as log:
-        proc = subprocess.Popen(_moto_command(port), stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(moto_command(port), stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
-        _wait_until_up(url, proc)
+        wait_until_up(url, proc)
         kw = {"endpoint_url": url, "region_name": "us-east-1", "aws_access_key_id": "x", "aws_secret_access_key": "x"}
         boto3.client("s3", config=Config(s3={"addressing_style": "path"}), **kw).create_bucket(Bucket="guarded")
         iam = boto3.client("iam", **kw)
@@ -176,7 +175,7 @@ def moto_with_iam(tmp_path) -> Iterator[tuple[str, dict[str, tuple[str, str]]]]:
 def test_access_denied_on_upload(s3world, moto_with_iam, monkeypatch, tmp_path):
     """Real IAM in moto: read-only credentials pass the bucket check and are refused at the first upload."""
     url, keys = moto_with_iam
-    source = make_source("denied", s3world.small_dsn, "s3://guarded/p", s3world.restore_url)
+    source = make_source(monkeypatch, "denied", s3world.small_dsn, "s3://guarded/p", s3world.restore_url)
     _aws_env(monkeypatch, url, tmp_path, *keys["admin"])
     good = backup(source, s3world.instance)
     assert good.success, good.errors

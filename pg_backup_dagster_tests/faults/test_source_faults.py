@@ -23,7 +23,6 @@ import pytest
 from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.pg.local_server import LocalPostgres
 from pg_backup_dagster.storage import BackupStorage, open_storage
-from pg_backup_dagster_tests.conftest import create_database
 from pg_backup_dagster_tests.faults.helpers import (
     assert_failed_naming,
     assert_gc_cleans,
@@ -36,6 +35,7 @@ from pg_backup_dagster_tests.faults.helpers import (
     table_locked,
     wait_for_blocked_dump,
 )
+from pg_backup_dagster_tests.helpers import create_database
 
 MAX_SERVER_CONNECTIONS = 12
 SQL = """
@@ -69,8 +69,8 @@ def world(pg18, tmp_path_factory) -> Iterator[World]:
     try:
         dsn = create_database(server, "faultsrc", SQL)
         target = tmp_path_factory.mktemp("faults-src-target")
-        source = make_source("srcfaults", dsn, str(target), pg18.dsn(), max_connections=3, retry_max_wait=2.0)
-        with dg.instance_for_test() as instance:
+        with pytest.MonkeyPatch.context() as mp, dg.instance_for_test() as instance:
+            source = make_source(mp, "srcfaults", dsn, str(target), pg18.dsn(), max_connections=3, retry_max_wait=2.0)
             world = World(server, dsn, source, open_storage(source.target), instance)
             good = backup(source, instance)
             assert good.success, good.errors

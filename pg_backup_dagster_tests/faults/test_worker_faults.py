@@ -16,7 +16,6 @@ import dagster as dg
 import pytest
 
 from pg_backup_dagster.storage import BackupStorage, open_storage
-from pg_backup_dagster_tests.conftest import create_database
 from pg_backup_dagster_tests.faults.helpers import (
     assert_gc_cleans,
     assert_only_published,
@@ -25,6 +24,7 @@ from pg_backup_dagster_tests.faults.helpers import (
     table_locked,
     wait_for_blocked_dump,
 )
+from pg_backup_dagster_tests.helpers import create_database
 
 SOURCE = "worker"
 SQL = """

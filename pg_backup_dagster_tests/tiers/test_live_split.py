@@ -18,7 +18,7 @@ from pg_backup_dagster.pg.tools import PgTools, find_tools
 from pg_backup_dagster.tiers.archive import OFFSET_SET, read_archive
 from pg_backup_dagster.tiers.live_split import LiveSplit, split_archive
 from pg_backup_dagster.tiers.table_split import SplitResult, split_in_one_pass
-from pg_backup_dagster_tests.conftest import create_database
+from pg_backup_dagster_tests.helpers import create_database
 from pg_backup_dagster_tests.tiers.test_tables import HOSTILE_SQL, dump_with_catalog
 
 ROWS_SQL = """

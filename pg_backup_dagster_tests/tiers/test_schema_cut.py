@@ -13,7 +13,7 @@ from pg_backup_dagster.pg.sql import quote_ident
 from pg_backup_dagster.pg.tools import find_tools
 from pg_backup_dagster.tiers.archive import UnsupportedArchive, read_archive, write_subset
 from pg_backup_dagster.tiers.schema_cut import copy_archive_for_schema
-from pg_backup_dagster_tests.conftest import create_database, load_sql_file, table_fingerprints
+from pg_backup_dagster_tests.helpers import create_database, load_sql_file, table_fingerprints
 
 HOSTILE = Path(__file__).parents[1] / "sql" / "hostile.sql"
 _VOLATILE = ("\\restrict", "\\unrestrict", "-- Dumped", "-- Started", "-- Completed")

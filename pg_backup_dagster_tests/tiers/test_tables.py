@@ -23,7 +23,7 @@ from pg_backup_dagster.tiers.catalog import TableCatalog, fetch_table_catalog
 from pg_backup_dagster.tiers.live_split import split_archive
 from pg_backup_dagster.tiers.paths import decode_segment
 from pg_backup_dagster.tiers.table_split import SplitResult, TableDump
-from pg_backup_dagster_tests.conftest import create_database
+from pg_backup_dagster_tests.helpers import create_database
 
 HOSTILE_SQL = (Path(__file__).parent.parent / "sql" / "hostile.sql").read_text(encoding="utf-8")
 
