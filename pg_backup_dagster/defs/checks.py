@@ -8,7 +8,6 @@ import warnings
 
 import dagster as dg
 
-from pg_backup_dagster.backup.manifest import CHECK_PREFIX
 from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.constants import (
     FULL_ASSET,
@@ -26,7 +25,7 @@ from pg_backup_dagster.verify import tiers as verify_tiers
 
 def _result(context, source: SourceConfig, name: str, outcome: verify_tiers.CheckOutcome) -> dg.AssetCheckResult:
     step = step_context(context, source)
-    step.staging.save(CHECK_PREFIX + name, outcome.record())
+    step.staging.save_check(name, outcome.record())
     if not outcome.passed:
         context.log.error(f"check {name} failed: {outcome.description}")
     return dg.AssetCheckResult(

@@ -11,7 +11,7 @@ from pg_backup_dagster.backup.staging import Staging
 from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.constants import postgres_key, target_key
 from pg_backup_dagster.defs.resources import BackupTargetResource, PostgresResource
-from pg_backup_dagster.storage import BackupStorage
+from pg_backup_dagster.storage import BackupRepository
 
 
 @dataclass
@@ -20,7 +20,7 @@ class StepContext:
 
     backup_id: str
     pg: PostgresResource
-    storage: BackupStorage
+    storage: BackupRepository
     staging: Staging
 
 
