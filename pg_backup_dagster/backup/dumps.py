@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import IO, Protocol
 
 import psycopg
 
 from pg_backup_dagster.backup.row_counts import count_rows
 from pg_backup_dagster.backup.staging import Staging
 from pg_backup_dagster.backup.state import DumpedFile, DumpsState, TablesState
-from pg_backup_dagster.defs.resources import PostgresResource
 from pg_backup_dagster.files import atomic_path, temp_path
 from pg_backup_dagster.pg.profiles import filter_roles_sql, get_profile
+from pg_backup_dagster.pg.tools import PgTools
 from pg_backup_dagster.tiers.catalog import fetch_table_catalog
 from pg_backup_dagster.tiers.paths import encode_segment
 from pg_backup_dagster.tiers.schema_cut import UnsupportedArchive, copy_archive_for_schema, read_archive
@@ -26,12 +29,26 @@ SYSTEM_SCHEMA_FILTER = (
 )
 
 
+class SourceDatabase(Protocol):
+    """What the dumps need from the source database (PostgresResource provides it; the engine names no Dagster type)."""
+
+    max_connections: int
+
+    def tools(self) -> PgTools: ...
+
+    def run_tool(
+        self, program: str, args: Sequence[str], application_name: str, *, stdout: IO[bytes] | int | None = None
+    ) -> object: ...
+
+    def exported_snapshot(self, application_name: str) -> AbstractContextManager[tuple[psycopg.Connection, str]]: ...
+
+
 def app_name(backup_id: str, tier: str) -> str:
     """application_name a DBA sees in pg_stat_activity for our work."""
     return f"pg_backup_dagster/{backup_id}/{tier}"
 
 
-def dump_roles(pg: PostgresResource, staging: Staging, profile_name: str) -> DumpedFile:
+def dump_roles(pg: SourceDatabase, staging: Staging, profile_name: str) -> DumpedFile:
     """pg_dumpall --roles-only without password hashes; stderr never lands in the file."""
     profile = get_profile(profile_name)
     started = time.monotonic()
@@ -70,7 +87,7 @@ def exact_pattern(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _pg_dump(pg: PostgresResource, out: Path, snapshot: str, app: str, extra: list[str]) -> float:
+def _pg_dump(pg: SourceDatabase, out: Path, snapshot: str, app: str, extra: list[str]) -> float:
     started = time.monotonic()
     with atomic_path(out) as tmp:
         args = ["--format=custom", "--no-owner", "--no-privileges", f"--snapshot={snapshot}", "--file", str(tmp)]
@@ -92,7 +109,7 @@ def clear_dump_outputs(staging: Staging) -> None:
 
 
 def dump_full_and_schemas(
-    pg: PostgresResource,
+    pg: SourceDatabase,
     staging: Staging,
     profile_name: str,
     server_major: int,
@@ -158,7 +175,7 @@ def cut_schema_archives(staging: Staging, schemas: list[str]) -> list[DumpedFile
 
 
 def dump_schema_archives(
-    pg: PostgresResource, staging: Staging, schemas: list[str], snapshot: str
+    pg: SourceDatabase, staging: Staging, schemas: list[str], snapshot: str
 ) -> list[DumpedFile]:
     """One pg_dump per schema in the exported snapshot, in parallel under the connection budget."""
     app = app_name(staging.backup_id, "schema")

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_serializer, f
 from pydantic.dataclasses import dataclass
 
 from pg_backup_dagster import __version__
-from pg_backup_dagster.backup.state import CheckRecord
+from pg_backup_dagster.backup.state import CheckRecord, RowCount
 from pg_backup_dagster.errors import BackupError, one_line
 
 MANIFEST_NAME = "manifest.json"
@@ -82,12 +82,9 @@ class FileEntry:
 
 
 @dataclass(frozen=True)
-class TableRows:
+class TableRows(RowCount):
     """Rows of one table as pg_dump saw them, and as the per-table files hold them (None: tier not taken)."""
 
-    schema: str
-    table: str
-    rows: int
     rows_in_table_files: int | None = None
 
 

@@ -15,6 +15,19 @@ from pg_backup_dagster.tiers.table_split import TableDump
 
 
 @dataclass(frozen=True)
+class RowCount:
+    """count(*) of one table inside the backup's snapshot: what a restore must reproduce."""
+
+    schema: str
+    table: str
+    rows: int
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.schema, self.table
+
+
+@dataclass(frozen=True)
 class DumpedFile:
     """One archive written by pg_dump (or cut from the full one), with what metadata and manifest need."""
 
@@ -22,15 +35,6 @@ class DumpedFile:
     size: int
     seconds: float
     schema: str | None = None
-
-
-@dataclass(frozen=True)
-class RowCount:
-    """count(*) of one table inside the backup's snapshot: what a restore must reproduce."""
-
-    schema: str
-    table: str
-    rows: int
 
 
 class StepState(BaseModel):

@@ -335,7 +335,7 @@ def restore_roles_file(tools: PgTools, roles_file: Path, dsn: str, server_major:
 
 def table_dumps(backup: OpenedBackup) -> dict[tuple[str, str], TableDump]:
     """The per-table tier as listed in the manifest (tier "table" files carry schema, table, kind)."""
-    rows = {(t.schema, t.table): t.rows for t in backup.manifest.tables}
+    rows = {t.key: t.rows for t in backup.manifest.tables}
     dumps: dict[tuple[str, str], TableDump] = {}
     for entry in backup.manifest.entries("table"):
         key = (entry.schema or "", entry.table or "")

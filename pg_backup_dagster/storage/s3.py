@@ -177,16 +177,18 @@ class S3Storage(ObjectStore):
         return S3PendingFolder(self, self._key(prefix))
 
     def exists(self, key: str) -> bool:
-        full = self._key(key)
+        return self._unless_missing("head_object", self._key(key)) is not None
+
+    def _unless_missing(self, op: str, key: str) -> Any | None:
+        """Run one operation on a key; None when there is no such key."""
         try:
-            self.client.head_object(Bucket=self.bucket, Key=full)
-            return True
+            return getattr(self.client, op)(Bucket=self.bucket, Key=key)
         except ClientError as exc:
             if self._code(exc) in _MISSING:
-                return False
-            raise self._error(exc, "head_object", full) from None
+                return None
+            raise self._error(exc, op, key) from None
         except BotoCoreError as exc:
-            raise self._error(exc, "head_object", full) from None
+            raise self._error(exc, op, key) from None
 
     def _pages(self, prefix: str, delimiter: str | None = None) -> Iterator[dict[str, Any]]:
         """Pages of list_objects_v2 under a full key prefix."""
@@ -334,15 +336,13 @@ class S3Storage(ObjectStore):
 
     # --- reading -------------------------------------------------------------------------------------
     def _get(self, key: str) -> bytes | None:
+        response = self._unless_missing("get_object", key)
+        if response is None:
+            return None
         try:
-            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
-            with body:
+            with response["Body"] as body:
                 return body.read()
-        except ClientError as exc:
-            if self._code(exc) in _MISSING:
-                return None
-            raise self._error(exc, "get_object", key) from None
-        except BotoCoreError as exc:
+        except (OSError, BotoCoreError) as exc:
             raise self._error(exc, "get_object", key) from None
 
     def get_bytes(self, key: str) -> bytes | None:

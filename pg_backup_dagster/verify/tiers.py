@@ -139,7 +139,7 @@ def check_table_files(
     """Every table has schema.sql and data.sql; the sampled ones restore their exact rows into a scratch db."""
     started = time.monotonic()
     tier = step.staging.load(TablesState)
-    dumped = {(r.schema, r.table): r.rows for r in step.staging.load(DumpsState).row_counts}
+    dumped = {r.key: r.rows for r in step.staging.load(DumpsState).row_counts}
     missing = [f"{t.schema}.{t.table}: {kind}" for t in tier.tables for kind in ("schema", "data")
                if kind not in t.files or not (step.staging.root / t.files[kind]).is_file()]
     absent = sorted(f"{s}.{t}" for (s, t) in set(dumped) - {(t.schema, t.table) for t in tier.tables})
