@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pg_backup_dagster.errors import BackupError
-from pg_backup_dagster.files import Digest, atomic_write, fsync_dir, remove_path
+from pg_backup_dagster.files import Digest, atomic_path, atomic_write, fsync_dir, remove_path
 from pg_backup_dagster.storage.base import FolderExists, ObjectStore, PendingFolder, StoredObject
 
 log = logging.getLogger(__name__)
@@ -81,14 +81,11 @@ class LocalStorage(ObjectStore):
     def link(self, key: str, target: str) -> None:
         """A relative symlink, swapped in atomically: `latest` → the newest backup's folder, for people."""
         alias = self.path(key)
-        tmp = alias.with_name(f".{alias.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
         try:
-            os.symlink(target, tmp)
-            os.replace(tmp, alias)
+            with atomic_path(alias) as tmp:
+                os.symlink(target, tmp)
         except OSError as exc:
             raise _os_error("update", alias, exc) from None
-        finally:
-            tmp.unlink(missing_ok=True)
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
