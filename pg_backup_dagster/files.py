@@ -1,50 +1,155 @@
-"""Small file primitives every tier uses: write under a temporary name and publish by rename, hash, size."""
+"""File primitives every part of the package shares: atomic writes, hashing, listing what a folder holds.
+
+Each helper exists once here, so "written under a temporary name and renamed", "sha256 of a file" and
+"the files of a staging folder" mean the same thing in the dumps, the manifest, storage and restore.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
+import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import BinaryIO
 
-_CHUNK = 1 << 20
+from pg_backup_dagster.errors import BackupError
+
+CHUNK_SIZE = 1 << 20
+
+
+@dataclass(frozen=True)
+class Digest:
+    """Size and sha256 (hex) of some bytes: computed once, then carried wherever they are checked."""
+
+    size: int
+    sha256: str
 
 
 def temp_path(final: Path) -> Path:
-    """Where atomic_path writes `final` before publishing it (readers may follow a file being written)."""
+    """Where atomic_path writes `final` before publishing it (readers, like the live table split, may follow it).
+
+    A dot name, so listings of published files skip it, with `.tmp-` in it, so gc recognises the litter.
+    """
     return final.with_name(f".{final.name}.tmp-{os.getpid()}")
 
 
+def fsync_dir(path: Path) -> None:
+    """Make a rename durable: the directory entry must reach the disk, not only the file."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
 @contextmanager
-def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temp path beside `final`; rename it into place only if the block succeeds."""
+def atomic_path(final: Path, *, fsync: bool = False) -> Iterator[Path]:
+    """Yield a temp path beside `final`; rename it into place only if the block succeeds.
+
+    Readers see the old file or the new one, never a torn one. With fsync the content and the rename reach
+    the disk before this returns (for what a crash must not lose: manifests, latest.json).
+    """
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(final)
     try:
         yield tmp
+        if fsync:
+            fsync_file(tmp)
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
+    if fsync:
+        fsync_dir(final.parent)
 
 
-def write_json(path: Path, data: Any) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+def atomic_write(path: Path, data: bytes, *, fsync: bool = False) -> None:
+    with atomic_path(path, fsync=fsync) as tmp:
+        tmp.write_bytes(data)
 
 
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
-
-
-def sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> Digest:
+    """Size and sha256 of a file, read in chunks."""
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
+    size = 0
+    try:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(CHUNK_SIZE):
+                digest.update(chunk)
+                size += len(chunk)
+    except OSError as exc:
+        raise BackupError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return Digest(size, digest.hexdigest())
+
+
+def copy_hashing(src: BinaryIO, dest: Path) -> Digest:
+    """Stream src into dest, hashing as it goes, so a download is verified without a second read."""
+    digest = hashlib.sha256()
+    size = 0
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest, "wb") as out:
+        while chunk := src.read(CHUNK_SIZE):
             digest.update(chunk)
-    return digest.hexdigest()
+            size += len(chunk)
+            out.write(chunk)
+    return Digest(size, digest.hexdigest())
+
+
+def staged_files(root: Path) -> list[str]:
+    """Relative paths (sorted, POSIX) of the regular files under root that are meant to be published.
+
+    Dot-entries at any depth are skipped: internal step state (`.state/`), temp files of atomic writes,
+    encryption scratch. A symlink is refused: a backup holds regular files only, and following a link
+    could publish something outside the folder.
+    """
+    found: list[str] = []
+    for path in sorted(root.iterdir()):
+        if path.name.startswith("."):
+            continue
+        if path.is_symlink():
+            raise BackupError(f"refusing to publish symlink {path}: backups hold regular files only")
+        if path.is_dir():
+            found += [f"{path.name}/{rel}" for rel in staged_files(path)]
+        elif path.is_file():
+            found.append(path.name)
+    return found
+
+
+def newest_mtime(path: Path) -> float:
+    """Latest modification anywhere under path: a dir's own mtime misses a file still being written."""
+    newest = path.lstat().st_mtime
+    if path.is_dir() and not path.is_symlink():
+        for root, dirs, files in os.walk(path):
+            for name in dirs + files:
+                try:
+                    newest = max(newest, os.lstat(os.path.join(root, name)).st_mtime)
+                except FileNotFoundError:
+                    continue
+    return newest
+
+
+def is_old(path: Path, min_age: float) -> bool:
+    """Untouched for min_age seconds (a path that vanished meanwhile is not ours to remove)."""
+    try:
+        return time.time() - newest_mtime(path) >= min_age
+    except FileNotFoundError:
+        return False
+
+
+def remove_path(path: Path) -> None:
+    """Remove a file, symlink or tree; already gone is fine."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def human_bytes(size: float) -> str:

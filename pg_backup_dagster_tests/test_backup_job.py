@@ -65,7 +65,7 @@ def test_published_layout_and_manifest(backed_up):
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["backup_id"] == bid and manifest["passed"] is True
     for entry in manifest["files"]:
-        assert sha256_file(folder / entry["path"]) == entry["sha256"]
+        assert sha256_file(folder / entry["path"]).sha256 == entry["sha256"]
         assert (folder / entry["path"]).stat().st_size == entry["size"]
     listed = {e["path"] for e in manifest["files"]}
     on_disk = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()} - {"manifest.json"}

@@ -83,13 +83,14 @@ def test_bad_config_names_the_field(tmp_path, body, field):
 
 
 def test_table_check_sample_is_reproducible_and_brings_parents():
+    from pg_backup_dagster.tiers.table_split import TableDump
     from pg_backup_dagster.verify.tiers import sample_tables
 
-    tables = [{"schema": "s", "table": f"t{i:03d}", "after": []} for i in range(100)]
-    tables += [{"schema": "s", "table": f"part{i}", "after": [["s", "t000"]]} for i in range(50)]
+    tables = [TableDump("s", f"t{i:03d}", {}, after=[]) for i in range(100)]
+    tables += [TableDump("s", f"part{i}", {}, after=[("s", "t000")]) for i in range(50)]
     assert sample_tables(tables, None, "2026-11-30T00-00-00Z") == tables  # under the limit: all
     first = sample_tables(tables, 20, "2026-11-30T00-00-00Z")
     assert first == sample_tables(tables, 20, "2026-11-30T00-00-00Z")
-    names = {t["table"] for t in first}
+    names = {t.table for t in first}
     assert any(n.startswith("part") for n in names) and "t000" in names
     assert 20 <= len(first) <= 21

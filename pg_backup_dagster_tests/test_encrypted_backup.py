@@ -40,13 +40,13 @@ def test_published_files_are_age_encrypted_and_the_manifest_says_so(encrypted) -
     backup_id, target, _ = encrypted
     folder = target / "secret" / backup_id
     manifest = open_storage(str(target)).read_manifest("secret", backup_id)
-    assert manifest["encryption"]["type"] == "age"
+    assert manifest.encryption is not None and manifest.encryption.type == "age"
     stored = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
     plain = {"RESTORE.md", "manifest.json"}
     assert stored - plain and all(path.endswith(".age") for path in stored - plain), sorted(stored)
-    for entry in manifest["files"]:
-        if entry["path"] != "RESTORE.md":
-            assert entry["encrypted"] == "age" and entry["stored_path"] == entry["path"] + ".age"
+    for entry in manifest.files:
+        if entry.path != "RESTORE.md":
+            assert entry.encrypted == "age" and entry.stored_path == entry.path + ".age"
     for path in stored:
         data = (folder / path).read_bytes()
         assert PLAIN_MARKER not in data, f"{path} holds plaintext rows"

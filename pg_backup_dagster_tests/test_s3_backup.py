@@ -16,6 +16,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from pg_backup_dagster.backup.manifest import Manifest
 from pg_backup_dagster.cli import app
 from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.defs.run import run_backup
@@ -73,17 +74,17 @@ def object_keys(s3_client: Any, bucket: str, prefix: str) -> set[str]:
     return {obj["Key"] for page in pages for obj in page.get("Contents", [])}
 
 
-def assert_objects_match_manifest(s3_client: Any, bucket: str, storage: Any, backup_id: str) -> dict[str, Any]:
+def assert_objects_match_manifest(s3_client: Any, bucket: str, storage: Any, backup_id: str) -> Manifest:
     """Download every stored object and hash it: exactly the manifest's files, with its sizes and sha256."""
     manifest = storage.read_manifest("bulk", backup_id)
     base = f"{PREFIX}/bulk/{backup_id}/"
-    listed = {base + e["path"] for e in manifest["files"]} | {base + "manifest.json"}
+    listed = {base + e.path for e in manifest.files} | {base + "manifest.json"}
     assert object_keys(s3_client, bucket, base) == listed
-    for entry in manifest["files"]:
-        body = s3_client.get_object(Bucket=bucket, Key=base + entry["path"])["Body"].read()
-        assert (len(body), hashlib.sha256(body).hexdigest()) == (entry["size"], entry["sha256"]), entry["path"]
+    for entry in manifest.files:
+        body = s3_client.get_object(Bucket=bucket, Key=base + entry.path)["Body"].read()
+        assert (len(body), hashlib.sha256(body).hexdigest()) == (entry.size, entry.sha256), entry.path
     full = f"database_full_{backup_id}.dump"
-    assert next(e for e in manifest["files"] if e["path"] == full)["size"] > 5 * MiB
+    assert next(e for e in manifest.files if e.path == full).size > 5 * MiB
     head = s3_client.head_object(Bucket=bucket, Key=base + full, PartNumber=1)
     assert head["PartsCount"] >= 2, "the full dump must have gone up as a multipart upload"
     return manifest

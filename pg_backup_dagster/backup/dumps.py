@@ -5,13 +5,13 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import psycopg
 
 from pg_backup_dagster.backup.row_counts import count_rows
 from pg_backup_dagster.backup.staging import Staging
+from pg_backup_dagster.backup.state import DumpedFile, DumpsState, TablesState
 from pg_backup_dagster.files import atomic_path, temp_path
 from pg_backup_dagster.pg.profiles import filter_roles_sql, get_profile
 from pg_backup_dagster.pg.source import SourceDatabase
@@ -26,16 +26,6 @@ from pg_backup_dagster.tiers.table_tier import TableTierSplit
 def app_name(backup_id: str, tier: str) -> str:
     """application_name a DBA sees in pg_stat_activity for our work."""
     return f"pg_backup_dagster/{backup_id}/{tier}"
-
-
-@dataclass
-class DumpedFile:
-    """One archive written by pg_dump, with what the metadata and manifest need."""
-
-    path: str
-    size: int
-    seconds: float
-    schema: str | None = None
 
 
 def dump_roles(pg: SourceDatabase, staging: Staging, profile_name: str) -> DumpedFile:
@@ -94,8 +84,14 @@ def clear_dump_outputs(staging: Staging) -> None:
 
 
 def dump_full_and_schemas(
-    pg: SourceDatabase, staging: Staging, profile_name: str, *, schema_tier: bool = True, table_tier: bool = True
-) -> dict:
+    pg: SourceDatabase,
+    staging: Staging,
+    profile_name: str,
+    server_major: int,
+    *,
+    schema_tier: bool = True,
+    table_tier: bool = True,
+) -> tuple[DumpsState, TablesState | None]:
     """Export one snapshot; dump the whole database in it, then give every user schema its own archive.
 
     While pg_dump runs, the snapshot connection reads the catalog and counts rows, and the per-table tier is
@@ -103,8 +99,9 @@ def dump_full_and_schemas(
     the same instant. Schema archives are cut out of the full archive (its entries and already-compressed
     data blocks), not dumped again: one more pg_dump per schema would read the whole catalog and compress all
     data a second time. pg_dump per schema, in the same snapshot, is the fallback for archive versions the
-    cutter does not know. With the table tier, "tables" holds its description.
+    cutter does not know. The table tier's description comes second (None without that tier).
     """
+    started = time.monotonic()
     excluded = get_profile(profile_name).excluded_schemas
     clear_dump_outputs(staging)
     bid = staging.backup_id
@@ -127,15 +124,20 @@ def dump_full_and_schemas(
             schema_files = cut_schema_archives(staging, schemas)
         except UnsupportedArchive:
             schema_files = dump_schema_archives(pg, staging, schemas, snapshot)
-    full_file = DumpedFile(staging.full_dump.name, staging.full_dump.stat().st_size, full_seconds)
-    result = {"snapshot": snapshot, "full": asdict(full_file), "schemas": schema_files, "row_counts": counts,
-              "database_size": size}
-    if split is not None:
-        result["tables"] = split.finish()
-    return result
+    dumps = DumpsState(
+        snapshot=snapshot,
+        full=DumpedFile(staging.full_dump.name, staging.full_dump.stat().st_size, full_seconds),
+        schemas=schema_files,
+        row_counts=counts,
+        database_size=size,
+        server_major=server_major,
+        pg_dump_version=pg.tools().version,
+        seconds=time.monotonic() - started,
+    )
+    return dumps, split.finish() if split is not None else None
 
 
-def cut_schema_archives(staging: Staging, schemas: list[str]) -> list[dict]:
+def cut_schema_archives(staging: Staging, schemas: list[str]) -> list[DumpedFile]:
     """Each schema's archive cut out of the full one: same snapshot by construction, no load on the source."""
     archive = read_archive(staging.full_dump)
     files = []
@@ -143,11 +145,13 @@ def cut_schema_archives(staging: Staging, schemas: list[str]) -> list[dict]:
         started = time.monotonic()
         with atomic_path(staging.schema_dump(encode_segment(schema))) as tmp:
             copy_archive_for_schema(staging.full_dump, schema, tmp, archive)
-        files.append(asdict(_schema_file(staging, schema, time.monotonic() - started)))
+        files.append(_schema_file(staging, schema, time.monotonic() - started))
     return files
 
 
-def dump_schema_archives(pg: SourceDatabase, staging: Staging, schemas: list[str], snapshot: str) -> list[dict]:
+def dump_schema_archives(
+    pg: SourceDatabase, staging: Staging, schemas: list[str], snapshot: str
+) -> list[DumpedFile]:
     """One pg_dump per schema in the exported snapshot, in parallel under the connection budget."""
     app = app_name(staging.backup_id, "schema")
     with ThreadPoolExecutor(max_workers=max(1, pg.max_connections - 1)) as pool:
@@ -156,4 +160,4 @@ def dump_schema_archives(pg: SourceDatabase, staging: Staging, schemas: list[str
                                 [f"--schema={quote_ident(schema)}", "--strict-names"])
             for schema in schemas
         }
-        return [asdict(_schema_file(staging, s, f.result())) for s, f in per_schema.items()]
+        return [_schema_file(staging, s, f.result()) for s, f in per_schema.items()]

@@ -1,97 +1,177 @@
-"""manifest.json: the contract between backup, verify, restore and retention. Written last; a backup exists only
-when it does. Every file is listed with its tier, identity, size and sha256."""
+"""manifest.json: the contract between backup, verify, restore and retention, as one validated model.
+
+Written last; a backup exists only when it does. Every file is listed with its tier, identity, size and
+sha256 (and, when age-encrypted, where its ciphertext lives and the plaintext's size and sha256). Every
+reader parses it through `parse_manifest`, so a manifest that is tampered with, truncated or of another
+format version is refused in one place with one clear error.
+"""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
+import json
+from datetime import datetime
+from pathlib import PurePosixPath
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_serializer, field_validator, model_serializer
+from pydantic.dataclasses import dataclass
 
 from pg_backup_dagster import __version__
-from pg_backup_dagster.backup.backup_id import parse_backup_id
-from pg_backup_dagster.backup.staging import STATE_DIR, Staging
-from pg_backup_dagster.errors import BackupError
-from pg_backup_dagster.files import sha256_file
+from pg_backup_dagster.backup.state import CheckRecord, RowCount
+from pg_backup_dagster.errors import BackupError, one_line
 
+MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
-CHECK_PREFIX = "check_"
+ENCRYPTED_SUFFIX = ".age"
 
 
-def file_identities(staging: Staging) -> dict[str, dict[str, Any]]:
-    """Map every relative path the steps produced to its tier and (schema, table) identity."""
-    dumps = staging.load("dumps")
-    tables = staging.load_or("tables", {"tables": [], "schema_objects": {}, "global_objects": None})
-    ids: dict[str, dict[str, Any]] = {
-        "roles.sql": {"tier": "roles"}, "RESTORE.md": {"tier": "doc"}, "SHA256SUMS": {"tier": "doc"}
-    }
-    ids[dumps["full"]["path"]] = {"tier": "full"}
-    for item in dumps["schemas"]:
-        ids[item["path"]] = {"tier": "schema", "schema": item["schema"]}
-    for table in tables["tables"]:
-        for kind, rel in table["files"].items():
-            ids[rel] = {"tier": "table", "schema": table["schema"], "table": table["table"], "kind": kind}
-            if table.get("after"):  # parents a restore must create first (partitions, inheritance)
-                ids[rel]["after"] = [list(parent) for parent in table["after"]]
-    for schema, rel in tables["schema_objects"].items():
-        ids[rel] = {"tier": "schema_objects", "schema": schema}
-    for phase in ("global_objects", "global_objects_late"):
-        if tables.get(phase):
-            ids[tables[phase]] = {"tier": "global_objects", "phase": "late" if "late" in phase else "early"}
-    return ids
+def check_relpath(relpath: str) -> str:
+    """A manifest path must stay inside its backup folder, even if the manifest was tampered with."""
+    if (
+        not isinstance(relpath, str)
+        or not relpath
+        or PurePosixPath(relpath).is_absolute()
+        or "\\" in relpath
+        or "\x00" in relpath
+        or any(part in ("", ".", "..") for part in relpath.split("/"))
+    ):
+        raise BackupError(f"unsafe file path {relpath!r} in backup")
+    return relpath
 
 
-def staged_files(staging: Staging) -> list[Path]:
-    """Every file that will be published: all of staging except internal state and temp files."""
-    return sorted(
-        p for p in staging.root.rglob("*")
-        if p.is_file() and STATE_DIR not in p.relative_to(staging.root).parts and not p.name.startswith(".")
-    )
+def _safe_path(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return check_relpath(value)
+    except BackupError as exc:
+        raise ValueError(str(exc)) from None
 
 
-def file_entries(staging: Staging) -> list[dict[str, Any]]:
-    identities = file_identities(staging)
-    entries = []
-    for path in staged_files(staging):
-        rel = path.relative_to(staging.root).as_posix()
-        if rel not in identities:
-            raise BackupError(f"unexpected file {rel} in staging {staging.root}: refusing to publish it")
-        entries.append({"path": rel, **identities[rel], "size": path.stat().st_size, "sha256": sha256_file(path)})
-    return entries
+@dataclass(config=ConfigDict(extra="forbid"))
+class FileEntry:
+    """One published file. Keys that do not apply (a table for a schema archive) are left out on disk."""
+
+    path: str
+    size: int
+    sha256: str
+    tier: str | None = None
+    schema: str | None = None
+    table: str | None = None
+    kind: str | None = None
+    after: list[tuple[str, str]] | None = None
+    phase: Literal["early", "late"] | None = None
+    encrypted: Literal["age"] | None = None
+    stored_path: str | None = None
+    plain_size: int | None = None
+    plain_sha256: str | None = None
+
+    @field_validator("path", "stored_path")
+    @classmethod
+    def _inside_backup(cls, value: str | None) -> str | None:
+        return _safe_path(value)
+
+    @property
+    def stored(self) -> str:
+        """Where the bytes live inside the backup folder (`x.age` when encrypted)."""
+        return self.stored_path or self.path
+
+    @model_serializer(mode="wrap")
+    def _without_absent_keys(self, handler: Any) -> dict[str, Any]:
+        return {key: value for key, value in handler(self).items() if value is not None}
 
 
-def check_results(staging: Staging) -> dict[str, Any]:
-    """Results the checks left in staging, keyed by check name."""
-    results = {}
-    for path in sorted((staging.root / STATE_DIR).glob(f"{CHECK_PREFIX}*.json")):
-        name = path.stem[len(CHECK_PREFIX):]
-        results[name] = staging.load(path.stem)
-    return results
+@dataclass(frozen=True)
+class TableRows(RowCount):
+    """Rows of one table as pg_dump saw them, and as the per-table files hold them (None: tier not taken)."""
+
+    rows_in_table_files: int | None = None
 
 
-def build_manifest(source: str, profile: str, staging: Staging) -> dict[str, Any]:
-    """The complete manifest of a staged backup."""
-    dumps = staging.load("dumps")
-    tables = staging.load_or("tables", {"tables": []})
-    checks = check_results(staging)
-    split_rows = {(t["schema"], t["table"]): t["rows"] for t in tables["tables"]}
-    return {
-        "format_version": FORMAT_VERSION,
-        "tool": {"name": "pg_backup_dagster", "version": __version__},
-        "source": source,
-        "profile": profile,
-        "backup_id": staging.backup_id,
-        "started_at": parse_backup_id(staging.backup_id).isoformat(),
-        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "server_major": dumps["server_major"],
-        "pg_dump_version": dumps["pg_dump_version"],
-        "snapshot": dumps["snapshot"],
-        "database_size": dumps.get("database_size"),
-        "files": file_entries(staging),
-        "tables": [
-            {"schema": r["schema"], "table": r["table"], "rows": r["rows"],
-             "rows_in_table_files": split_rows.get((r["schema"], r["table"]))}
-            for r in dumps["row_counts"]
-        ],
-        "checks": checks,
-        "passed": bool(checks) and all(c.get("passed") for c in checks.values()),
-    }
+class ToolInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = "pg_backup_dagster"
+    version: str = __version__
+
+
+class Encryption(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["age"] = "age"
+    recipients: list[str]
+
+
+class Manifest(BaseModel):
+    """The whole manifest.json of one backup."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format_version: Literal[1] = FORMAT_VERSION
+    tool: ToolInfo = ToolInfo()
+    source: str
+    profile: str
+    backup_id: str
+    started_at: datetime
+    finished_at: datetime
+    server_major: int
+    pg_dump_version: str
+    snapshot: str
+    database_size: int | None = None
+    files: list[FileEntry]
+    tables: list[TableRows]
+    checks: dict[str, CheckRecord]
+    passed: bool
+    encryption: Encryption | None = None
+
+    @field_serializer("started_at", "finished_at")
+    def _iso(self, value: datetime) -> str:
+        return value.isoformat()
+
+    @model_serializer(mode="wrap")
+    def _without_absent_encryption(self, handler: Any) -> dict[str, Any]:
+        document = handler(self)
+        if document.get("encryption") is None:
+            document.pop("encryption", None)
+        return document
+
+    def to_bytes(self) -> bytes:
+        """The one serialisation of a manifest, so identical manifests are byte-identical."""
+        document = self.model_dump(mode="json")
+        return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+    def entries(self, tier: str) -> list[FileEntry]:
+        return [entry for entry in self.files if entry.tier == tier]
+
+    @property
+    def total_size(self) -> int:
+        return sum(entry.size for entry in self.files)
+
+    @property
+    def is_encrypted(self) -> bool:
+        return any(entry.encrypted for entry in self.files)
+
+    def failed_checks(self) -> list[str]:
+        return [name for name, check in self.checks.items() if not check.passed]
+
+
+def parse_json_object(data: bytes, what: str) -> dict[str, Any]:
+    """A JSON object, or a one-line BackupError naming what was unreadable."""
+    try:
+        document = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BackupError(f"{what} is not valid JSON: {one_line(str(exc))}") from None
+    if not isinstance(document, dict):
+        raise BackupError(f"{what} is not a JSON object")
+    return document
+
+
+def parse_manifest(data: bytes, what: str) -> Manifest:
+    """The manifest in `data`, or a one-line BackupError naming what was unreadable and its first problems."""
+    document = parse_json_object(data, what)
+    try:
+        return Manifest.model_validate(document)
+    except ValidationError as exc:
+        errors = sorted(exc.errors(), key=lambda error: error["type"] == "missing")  # what is wrong before what is absent
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'manifest'}: {error['msg']}" for error in errors[:5]
+        )
+        raise BackupError(f"{what} is not a valid manifest: {one_line(problems)}") from None

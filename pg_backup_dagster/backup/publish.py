@@ -1,4 +1,8 @@
-"""The last step of a backup: explain, checksum, publish (manifest last), then move latest.json."""
+"""The last step of a backup: explain, checksum, describe (the manifest), publish (manifest last), move latest.json.
+
+Every staged file is hashed once, here; that one hash goes into SHA256SUMS, the manifest and the storage's
+check of what it stored.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +11,65 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import dagster as dg
-
-from pg_backup_dagster.backup.manifest import build_manifest, staged_files
-from pg_backup_dagster.backup.restore_doc import write_checksums, write_restore_doc
+from pg_backup_dagster.backup.backup_id import parse_backup_id
+from pg_backup_dagster.backup.manifest import FileEntry, Manifest, TableRows
+from pg_backup_dagster.backup.restore_doc import CHECKSUMS_NAME, RESTORE_DOC_NAME, write_checksums, write_restore_doc
 from pg_backup_dagster.backup.staging import Staging
+from pg_backup_dagster.backup.state import DumpsState, TablesState
 from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.errors import BackupError
-from pg_backup_dagster.files import human_bytes
-from pg_backup_dagster.storage import BackupStorage
+from pg_backup_dagster.files import Digest, human_bytes, sha256_file, staged_files
+from pg_backup_dagster.storage import BackupRepository
+
+
+def file_identities(dumps: DumpsState, tables: TablesState | None) -> dict[str, dict[str, Any]]:
+    """Map every relative path the steps produced to its tier and (schema, table) identity."""
+    ids: dict[str, dict[str, Any]] = {
+        "roles.sql": {"tier": "roles"}, RESTORE_DOC_NAME: {"tier": "doc"}, CHECKSUMS_NAME: {"tier": "doc"},
+        dumps.full.path: {"tier": "full"},
+    }
+    for item in dumps.schemas:
+        ids[item.path] = {"tier": "schema", "schema": item.schema}
+    if tables is None:
+        return ids
+    for table in tables.tables:
+        for kind, rel in table.files.items():
+            ids[rel] = {"tier": "table", "schema": table.schema, "table": table.table, "kind": kind}
+            if table.after:  # parents a restore must create first (partitions, inheritance)
+                ids[rel]["after"] = [tuple(parent) for parent in table.after]
+    for schema, rel in tables.schema_objects.items():
+        ids[rel] = {"tier": "schema_objects", "schema": schema}
+    for rel, phase in ((tables.global_objects, "early"), (tables.global_objects_late, "late")):
+        if rel:
+            ids[rel] = {"tier": "global_objects", "phase": phase}
+    return ids
+
+
+def build_manifest(source: str, profile: str, staging: Staging, digests: dict[str, Digest]) -> Manifest:
+    """The complete manifest of a staged backup, from the step state and the hash of every staged file."""
+    dumps = staging.load(DumpsState)
+    tables = staging.load_optional(TablesState)
+    identities = file_identities(dumps, tables)
+    unexpected = sorted(set(digests) - set(identities))
+    if unexpected:
+        raise BackupError(f"unexpected file {unexpected[0]} in staging {staging.root}: refusing to publish it")
+    split_rows = {(t.schema, t.table): t.rows for t in tables.tables} if tables else {}
+    checks = staging.checks()
+    return Manifest(
+        source=source,
+        profile=profile,
+        backup_id=staging.backup_id,
+        started_at=parse_backup_id(staging.backup_id),
+        finished_at=datetime.now(UTC).replace(microsecond=0),
+        server_major=dumps.server_major,
+        pg_dump_version=dumps.pg_dump_version,
+        snapshot=dumps.snapshot,
+        database_size=dumps.database_size,
+        files=[FileEntry(path=rel, size=d.size, sha256=d.sha256, **identities[rel]) for rel, d in digests.items()],
+        tables=[TableRows(r.schema, r.table, r.rows, split_rows.get(r.key)) for r in dumps.row_counts],
+        checks=checks,
+        passed=bool(checks) and all(check.passed for check in checks.values()),
+    )
 
 
 @dataclass
@@ -23,57 +77,41 @@ class Published:
     """Where a backup went and what it holds, for metadata and the CLI summary."""
 
     location: str
-    manifest: dict[str, Any]
+    manifest: Manifest
 
     def totals_by_tier(self) -> dict[str, int]:
         totals: dict[str, int] = {}
-        for entry in self.manifest["files"]:
-            totals[entry["tier"]] = totals.get(entry["tier"], 0) + entry["size"]
+        for entry in self.manifest.files:
+            totals[entry.tier or ""] = totals.get(entry.tier or "", 0) + entry.size
         return totals
 
     def summary_markdown(self) -> str:
         m = self.manifest
         rows = "\n".join(f"| {tier} | {human_bytes(size)} |" for tier, size in sorted(self.totals_by_tier().items()))
-        checks = "\n".join(f"- {name}: {'passed' if c.get('passed') else 'FAILED'}" for name, c in m["checks"].items())
+        checks = "\n".join(f"- {name}: {'passed' if c.passed else 'FAILED'}" for name, c in m.checks.items())
         return (
-            f"**Backup {m['backup_id']}** of `{m['source']}` → {self.location}\n\n"
-            f"{len(m['files'])} files, {len(m['tables'])} tables, PostgreSQL {m['server_major']}, "
-            f"pg_dump {m['pg_dump_version']}, {self.duration_s():.0f} s from start to publish\n\n"
+            f"**Backup {m.backup_id}** of `{m.source}` → {self.location}\n\n"
+            f"{len(m.files)} files, {len(m.tables)} tables, PostgreSQL {m.server_major}, "
+            f"pg_dump {m.pg_dump_version}, {self.duration_s():.0f} s from start to publish\n\n"
             f"| tier | size |\n|---|---|\n{rows}\n\n{checks}\n"
         )
 
     def duration_s(self) -> float:
         """Backup start (its id) to manifest written: the whole run as the operator waited for it."""
-        started = datetime.fromisoformat(self.manifest["started_at"])
-        return max(0.0, (datetime.fromisoformat(self.manifest["finished_at"]) - started).total_seconds())
-
-    def metadata(self) -> dict[str, Any]:
-        total = sum(self.totals_by_tier().values())
-        seconds = self.duration_s()
-        return {
-            "location": dg.MetadataValue.url(self.location) if "://" in self.location
-            else dg.MetadataValue.path(self.location),
-            "database_size_bytes": self.manifest.get("database_size") or 0,
-            "files": len(self.manifest["files"]),
-            "schemas": len({e["schema"] for e in self.manifest["files"] if e["tier"] == "schema"}),
-            "tables": len(self.manifest["tables"]),
-            "total_bytes": total,
-            **{f"bytes_{tier}": size for tier, size in self.totals_by_tier().items()},
-            "duration_s": round(seconds, 1),
-            "throughput_mib_s": round(total / (1 << 20) / seconds, 2) if seconds > 0 else 0.0,
-            **{f"check_{name}_s": c["seconds"] for name, c in self.manifest["checks"].items() if "seconds" in c},
-            "summary": dg.MetadataValue.md(self.summary_markdown()),
-        }
+        return max(0.0, (self.manifest.finished_at - self.manifest.started_at).total_seconds())
 
 
-def publish_backup(source: SourceConfig, storage: BackupStorage, staging: Staging, log: logging.Logger) -> Published:
+def publish_backup(
+    source: SourceConfig, storage: BackupRepository, staging: Staging, log: logging.Logger
+) -> Published:
     """Publish a staged backup whose checks passed; manifest last; latest.json only after that."""
     write_restore_doc(source.name, staging)
-    write_checksums(staging, [p.relative_to(staging.root).as_posix() for p in staged_files(staging)
-                              if p.name != "SHA256SUMS"])
-    manifest = build_manifest(source.name, source.profile, staging)
-    if not manifest["passed"]:
-        failed = [name for name, c in manifest["checks"].items() if not c.get("passed")] or ["no check ran"]
+    digests = {rel: sha256_file(staging.root / rel) for rel in staged_files(staging.root) if rel != CHECKSUMS_NAME}
+    write_checksums(staging, digests)
+    digests[CHECKSUMS_NAME] = sha256_file(staging.root / CHECKSUMS_NAME)
+    manifest = build_manifest(source.name, source.profile, staging, digests)
+    if not manifest.passed:
+        failed = manifest.failed_checks() or ["no check ran"]
         raise BackupError(f"backup {staging.backup_id} not published: checks did not pass ({', '.join(failed)})")
     location = storage.publish(source.name, staging.backup_id, manifest)
     storage.write_latest(source.name, staging.backup_id, {

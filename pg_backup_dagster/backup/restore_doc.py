@@ -8,11 +8,14 @@ stays the source of truth; the index is a convenience for a person with only a s
 
 from __future__ import annotations
 
-from typing import Any
-
 from pg_backup_dagster.backup.staging import Staging
-from pg_backup_dagster.files import atomic_path, sha256_file
+from pg_backup_dagster.backup.state import DumpsState, TablesState
+from pg_backup_dagster.files import Digest, atomic_write
 from pg_backup_dagster.pg.sql import quote_ident
+from pg_backup_dagster.tiers.table_split import TableDump
+
+RESTORE_DOC_NAME = "RESTORE.md"
+CHECKSUMS_NAME = "SHA256SUMS"
 
 # Drops what an older psql or server rejects, never data: \restrict/\unrestrict (unknown to psql before
 # 17.6/16.10/15.14; COPY data never starts with `\u` or `\r`), and `SET transaction_timeout` (servers before 17),
@@ -31,8 +34,8 @@ def shown(*names: str) -> str:
     return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
 
 
-def _folder(table: dict[str, Any]) -> str:
-    return table["files"]["schema"].rsplit("/", 1)[0]
+def _folder(table: TableDump) -> str:
+    return table.files["schema"].rsplit("/", 1)[0]
 
 
 def _sh(*lines: str) -> list[str]:
@@ -51,18 +54,18 @@ def roles_section() -> list[str]:
 
 def render_restore_md(source: str, staging: Staging) -> str:
     """Exact commands for every tier; `$TARGET` is a connection URL of the database to restore into."""
-    dumps = staging.load("dumps")
-    tier = staging.load_or("tables", {"tables": [], "schema_objects": {}})
+    dumps = staging.load(DumpsState)
+    tier = staging.load_optional(TablesState)
     bid = staging.backup_id
-    schemas = sorted(dumps["schemas"], key=lambda s: s["schema"])
-    tables = tier["tables"]
+    schemas = sorted(dumps.schemas, key=lambda s: s.schema or "")
+    tables = tier.tables if tier else []
     example = tables[0] if tables else None
-    example_objects = tier["schema_objects"].get(example["schema"], "") if example else ""
+    example_objects = tier.schema_objects.get(example.schema, "") if tier and example else ""
     lines = [
         f"# Restoring backup {bid} of source `{source}`",
         "",
-        f"These commands need only PostgreSQL's own programs (pg_restore and psql of version {dumps['server_major']}",
-        f"or newer; the dumps were written by pg_dump {dumps['pg_dump_version']}), bash, awk and sha256sum. Run them in",
+        f"These commands need only PostgreSQL's own programs (pg_restore and psql of version {dumps.server_major}",
+        f"or newer; the dumps were written by pg_dump {dumps.pg_dump_version}), bash, awk and sha256sum. Run them in",
         "this folder with `TARGET` set to a connection URL of the database to restore into (an existing database;",
         "`createdb` makes one), and give the password through `PGPASSWORD` or `~/.pgpass`, not in the URL:",
         "",
@@ -81,7 +84,7 @@ def render_restore_md(source: str, staging: Staging) -> str:
         "validating a foreign key to a partitioned table; `pg-backup-dagster restore` runs those keys in a pass",
         "of their own.",
         "",
-        *_sh(f'pg_restore --no-owner --no-privileges --exit-on-error --dbname="$TARGET" {dumps["full"]["path"]}'),
+        *_sh(f'pg_restore --no-owner --no-privileges --exit-on-error --dbname="$TARGET" {dumps.full.path}'),
     ]
     if schemas:
         lines += [
@@ -92,10 +95,10 @@ def render_restore_md(source: str, staging: Staging) -> str:
             "",
         ]
         lines += _sh(
-            f'ARCHIVE="${{ARCHIVE:-{schemas[0]["path"]}}}"',
+            f'ARCHIVE="${{ARCHIVE:-{schemas[0].path}}}"',
             'pg_restore --no-owner --no-privileges --exit-on-error --dbname="$TARGET" "$ARCHIVE"',
         )
-        lines += ["```text", *(f"{s['path']}\t{shown(s['schema'])}" for s in schemas), "```", ""]
+        lines += ["```text", *(f"{s.path}\t{shown(s.schema or '')}" for s in schemas), "```", ""]
     if not tables:  # the per-table tier is not part of this backup
         return "\n".join(lines)
     lines += [
@@ -137,7 +140,7 @@ def render_restore_md(source: str, staging: Staging) -> str:
         f"Folder, rows as dumped, and the table {EXCLUDED_NOTE}; parents come before their partitions and children.",
         "",
         "```text",
-        *(f"{_folder(t)}\t{t.get('rows', 0)}\t{shown(t['schema'], t['table'])}" for t in tables),
+        *(f"{_folder(t)}\t{t.rows}\t{shown(t.schema, t.table)}" for t in tables),
         "```",
         "",
     ]
@@ -145,12 +148,10 @@ def render_restore_md(source: str, staging: Staging) -> str:
 
 
 def write_restore_doc(source: str, staging: Staging) -> None:
-    with atomic_path(staging.root / "RESTORE.md") as tmp:
-        tmp.write_text(render_restore_md(source, staging), encoding="utf-8")
+    atomic_write(staging.root / RESTORE_DOC_NAME, render_restore_md(source, staging).encode("utf-8"))
 
 
-def write_checksums(staging: Staging, paths: list[str]) -> None:
+def write_checksums(staging: Staging, digests: dict[str, Digest]) -> None:
     """SHA256SUMS in `sha256sum -c` format, so files can be checked with coreutils alone."""
-    body = "".join(f"{sha256_file(staging.root / rel)}  {rel}\n" for rel in sorted(paths))
-    with atomic_path(staging.root / "SHA256SUMS") as tmp:
-        tmp.write_text(body, encoding="utf-8")
+    body = "".join(f"{digests[rel].sha256}  {rel}\n" for rel in sorted(digests))
+    atomic_write(staging.root / CHECKSUMS_NAME, body.encode("utf-8"))

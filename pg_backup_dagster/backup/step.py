@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from pg_backup_dagster.backup.staging import Staging
 from pg_backup_dagster.pg.source import SourceDatabase
-from pg_backup_dagster.storage import BackupStorage
+from pg_backup_dagster.storage import BackupRepository
 
 
 @dataclass
@@ -15,5 +15,5 @@ class StepContext:
 
     backup_id: str
     pg: SourceDatabase
-    storage: BackupStorage
+    storage: BackupRepository
     staging: Staging

@@ -11,7 +11,7 @@ import typer
 
 from pg_backup_dagster.cli.app import app, clean_errors
 from pg_backup_dagster.config import SourceConfig, find_source, load_sources
-from pg_backup_dagster.storage.base import DEFAULT_GC_MIN_AGE
+from pg_backup_dagster.storage import DEFAULT_GC_MIN_AGE
 
 SourcesOption = Annotated[
     str | None, typer.Option("--source", "-s", help="Source name (default: every configured source).")
@@ -31,11 +31,11 @@ def retention(source: SourcesOption = None, apply: ApplyOption = False) -> None:
     """Backups the retention policy no longer keeps, with the reason for every backup; --apply deletes them."""
     from pg_backup_dagster.defs.run import open_instance
     from pg_backup_dagster.retention.apply import run_retention
-    from pg_backup_dagster.storage import open_storage
+    from pg_backup_dagster.storage import open_source_storage
 
     instance = open_instance() if apply else None
     for chosen in chosen_sources(source):
-        result = run_retention(chosen, open_storage(chosen.target), instance, apply=apply)
+        result = run_retention(chosen, open_source_storage(chosen), instance, apply=apply)
         typer.echo(f"source '{chosen.name}' at {result.location}:")
         if chosen.retention.is_empty():
             typer.echo("  no retention rule set: every backup is kept")
@@ -63,10 +63,10 @@ def gc(
     Never touches a backup with a manifest. Keep --min-age above the longest backup run: a running
     backup's staging looks like a leftover until it publishes.
     """
-    from pg_backup_dagster.storage import open_storage
+    from pg_backup_dagster.storage import open_source_storage
 
     for chosen in chosen_sources(source):
-        storage = open_storage(chosen.target)
+        storage = open_source_storage(chosen)
         found = storage.gc(chosen.name, min_age=min_age, dry_run=not apply)
         verb = "removed" if apply else "would remove"
         typer.echo(f"source '{chosen.name}' at {storage.url}: {verb} {len(found)} leftover(s) untouched for "

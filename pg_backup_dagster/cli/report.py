@@ -7,8 +7,7 @@ import typer
 from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.defs.run import BackupOutcome
 from pg_backup_dagster.files import human_bytes
-from pg_backup_dagster.storage import open_storage
-from pg_backup_dagster.storage.base import manifest_entries
+from pg_backup_dagster.storage import open_source_storage
 
 
 def print_outcome(outcome: BackupOutcome, source: SourceConfig) -> None:
@@ -35,7 +34,7 @@ def print_outcome(outcome: BackupOutcome, source: SourceConfig) -> None:
 
 def print_backup_list(source: SourceConfig) -> None:
     """One line per published backup: id, size, tables, checks."""
-    storage = open_storage(source.target)
+    storage = open_source_storage(source)
     ids = storage.list_backups(source.name)
     latest = (storage.read_latest(source.name) or {}).get("backup_id")
     if not ids:
@@ -43,7 +42,7 @@ def print_backup_list(source: SourceConfig) -> None:
         return
     for backup_id in ids:
         manifest = storage.read_manifest(source.name, backup_id)
-        size = sum(f["size"] for f in manifest_entries(manifest, f"manifest of backup {source.name}/{backup_id}"))
-        checks = "passed" if manifest.get("passed") else "FAILED"
+        checks = "passed" if manifest.passed else "FAILED"
         mark = "  <- latest" if backup_id == latest else ""
-        typer.echo(f"{backup_id}  {human_bytes(size):>10}  {len(manifest.get('tables') or []):>5} tables  checks {checks}{mark}")
+        typer.echo(f"{backup_id}  {human_bytes(manifest.total_size):>10}  {len(manifest.tables):>5} tables  "
+                   f"checks {checks}{mark}")

@@ -5,8 +5,6 @@ the partition, call the work, and turn what it measured into metadata the UI sho
 """
 
 
-import time
-
 import dagster as dg
 
 from pg_backup_dagster.backup.dumps import app_name, dump_full_and_schemas, dump_roles
@@ -22,7 +20,7 @@ from pg_backup_dagster.constants import (
     target_key,
 )
 from pg_backup_dagster.defs.context import step_context
-from pg_backup_dagster.defs.metadata import dump_metadata, roles_metadata, table_tier_metadata
+from pg_backup_dagster.defs.metadata import dump_metadata, published_metadata, roles_metadata, table_tier_metadata
 from pg_backup_dagster.retention.apply import after_publish
 
 TIER_ASSETS = (("roles", ROLES_ASSET), ("full", FULL_ASSET), ("schema", SCHEMAS_ASSET), ("table", TABLES_ASSET))
@@ -49,7 +47,6 @@ def build_backup_assets(source: SourceConfig, partitions: dg.DynamicPartitionsDe
         step = step_context(context, source)
         step.pg.server_major(app_name(step.backup_id, "roles"))
         dumped = dump_roles(step.pg, step.staging, source.profile)
-        step.staging.save("roles", {"file": dumped.path, "size": dumped.size, "seconds": dumped.seconds})
         return dg.MaterializeResult(metadata=roles_metadata(step.staging, dumped))
 
     schema_tier, table_tier = "schema" in source.tiers, "table" in source.tiers
@@ -66,19 +63,16 @@ def build_backup_assets(source: SourceConfig, partitions: dg.DynamicPartitionsDe
     @dg.multi_asset(name=f"{source.name}_dumps", specs=specs, **on_source)
     def dumps(context: dg.AssetExecutionContext):
         step = step_context(context, source)
-        started = time.monotonic()
         major = step.pg.server_major(app_name(step.backup_id, "full"))
-        result = dump_full_and_schemas(step.pg, step.staging, source.profile, schema_tier=schema_tier,
-                                       table_tier=table_tier)
-        result.update(server_major=major, pg_dump_version=step.pg.tools().version, seconds=time.monotonic() - started)
-        tables = result.pop("tables", None)
-        step.staging.save("dumps", result)
+        result, tables = dump_full_and_schemas(step.pg, step.staging, source.profile, major,
+                                               schema_tier=schema_tier, table_tier=table_tier)
+        step.staging.save(result)
         full_meta, schema_meta = dump_metadata(result)
         yield dg.MaterializeResult(asset_key=asset_key(source, FULL_ASSET), metadata=full_meta)
         if schema_tier:
             yield dg.MaterializeResult(asset_key=asset_key(source, SCHEMAS_ASSET), metadata=schema_meta)
         if tables is not None:
-            step.staging.save("tables", tables)
+            step.staging.save(tables)
             yield dg.MaterializeResult(asset_key=asset_key(source, TABLES_ASSET), metadata=table_tier_metadata(tables))
 
     chosen = {"roles": roles_sql, "full": dumps}
@@ -90,7 +84,7 @@ def build_backup_assets(source: SourceConfig, partitions: dg.DynamicPartitionsDe
         step = step_context(context, source)
         published = publish_backup(source, step.storage, step.staging, context.log)
         after_publish(source, step.storage, context.instance, context.run.run_id, context.log)
-        return dg.MaterializeResult(metadata=published.metadata())
+        return dg.MaterializeResult(metadata=published_metadata(published))
 
     return [definition for tier, definition in chosen.items() if tier in source.tiers] + [backup_manifest]
 

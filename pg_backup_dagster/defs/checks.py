@@ -8,7 +8,6 @@ import warnings
 
 import dagster as dg
 
-from pg_backup_dagster.backup.manifest import CHECK_PREFIX
 from pg_backup_dagster.backup.step import StepContext
 from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.constants import (
@@ -27,7 +26,7 @@ from pg_backup_dagster.verify import tiers as verify_tiers
 
 
 def _result(context, step: StepContext, name: str, outcome: verify_tiers.CheckOutcome) -> dg.AssetCheckResult:
-    step.staging.save(CHECK_PREFIX + name, outcome.record())
+    step.staging.save_check(name, outcome.record())
     if not outcome.passed:
         context.log.error(f"check {name} failed: {outcome.description}")
     return dg.AssetCheckResult(

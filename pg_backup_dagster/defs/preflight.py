@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pg_backup_dagster.config import SourceConfig
-from pg_backup_dagster.constants import postgres_key, target_key
+from pg_backup_dagster.constants import postgres_key
 from pg_backup_dagster.defs.resources import source_resources
 from pg_backup_dagster.errors import BackupError, register_secret
+from pg_backup_dagster.storage import open_source_storage
 
 
 def source_dsn(source: SourceConfig) -> str:
@@ -19,7 +20,7 @@ def source_dsn(source: SourceConfig) -> str:
 def preflight(source: SourceConfig) -> None:
     """DSN present, target writable, server reachable with these credentials, pg_dump new enough."""
     resources = source_resources(source, dsn=source_dsn(source))
-    resources[target_key(source)].open()
+    open_source_storage(source)
     pg = resources[postgres_key(source)].database()
     register_secret(pg.conn_params().get("password"))
     pg.server_major(f"pg_backup_dagster/preflight/{source.name}")

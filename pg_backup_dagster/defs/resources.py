@@ -8,7 +8,7 @@ from pydantic import PrivateAttr
 from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.constants import postgres_key, target_key
 from pg_backup_dagster.pg.source import SourceDatabase
-from pg_backup_dagster.storage import BackupStorage, open_storage
+from pg_backup_dagster.storage import BackupRepository, open_source_storage
 
 
 class PostgresResource(dg.ConfigurableResource):
@@ -36,24 +36,20 @@ class PostgresResource(dg.ConfigurableResource):
 
 
 class BackupTargetResource(dg.ConfigurableResource):
-    """Opens the storage for one source's target; credentials come from boto3's standard chain."""
+    """Opens the storage for one source's target; credentials come from boto3's standard chain.
 
-    url: str
+    Its fields are the source's target settings (same names), so it opens through `open_source_storage`.
+    """
+
+    target: str
     sse: str | None = None
     kms_key_id: str | None = None
     storage_class: str | None = None
     part_size: int | None = None
     age_recipients: list[str] = []
 
-    def open(self) -> BackupStorage:
-        return open_storage(
-            self.url,
-            sse=self.sse,
-            kms_key_id=self.kms_key_id,
-            storage_class=self.storage_class,
-            part_size=self.part_size,
-            recipients=self.age_recipients or None,
-        )
+    def open(self) -> BackupRepository:
+        return open_source_storage(self)
 
 
 def source_resources(source: SourceConfig, dsn: str | None = None) -> dict[str, dg.ConfigurableResource]:
@@ -65,7 +61,7 @@ def source_resources(source: SourceConfig, dsn: str | None = None) -> dict[str, 
             retry_attempts=source.retry_attempts, retry_max_wait=source.retry_max_wait, pg_bin=source.pg_bin,
         ),
         target_key(source): BackupTargetResource(
-            url=source.target, sse=source.sse, kms_key_id=source.kms_key_id, storage_class=source.storage_class,
+            target=source.target, sse=source.sse, kms_key_id=source.kms_key_id, storage_class=source.storage_class,
             age_recipients=list(source.age_recipients), part_size=source.part_size,
         ),
     }

@@ -14,12 +14,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from pg_backup_dagster.backup.manifest import FileEntry, Manifest
 from pg_backup_dagster.config import RESTORE_TO_ENV, WORK_DIR_ENV, SourceConfig, setting
 from pg_backup_dagster.errors import BackupError, one_line, redact, register_secret
 from pg_backup_dagster.pg.sql import existing_tables, quote_ident, server_major_at
@@ -27,7 +27,7 @@ from pg_backup_dagster.pg.tools import PgTools, find_tools
 from pg_backup_dagster.restore.roles import restore_roles_file
 from pg_backup_dagster.restore.runner import pg_restore
 from pg_backup_dagster.restore.tables import restore_tables
-from pg_backup_dagster.storage import BackupStorage, open_storage
+from pg_backup_dagster.storage import BackupRepository, open_source_storage
 from pg_backup_dagster.tiers.table_split import TableDump
 
 TARGET_ENV = RESTORE_TO_ENV
@@ -125,23 +125,26 @@ class OpenedBackup:
     """A published backup: where it is and its manifest."""
 
     source: SourceConfig
-    storage: BackupStorage
+    storage: BackupRepository
     backup_id: str
-    manifest: dict[str, Any]
+    manifest: Manifest
+    _by_path: dict[str, FileEntry] = field(init=False, repr=False)
 
-    def entries(self, tier: str) -> list[dict[str, Any]]:
-        return [e for e in self.manifest["files"] if e.get("tier") == tier]
+    def __post_init__(self) -> None:
+        self._by_path = {entry.path: entry for entry in self.manifest.files}
 
     def fetch(self, relpath: str, work: Path) -> Path:
         """A verified, decrypted local copy of one file (sha256 checked against the manifest)."""
-        dest = work / relpath
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        return self.storage.fetch_file(self.source.name, self.backup_id, relpath, dest)
+        entry = self._by_path.get(relpath)
+        if entry is None:
+            location = self.storage.backup_url(self.source.name, self.backup_id)
+            raise BackupError(f"{relpath!r} is not in the manifest of {location}")
+        return self.storage.fetch_file(self.source.name, self.backup_id, entry, work / relpath)
 
 
 def open_backup(source: SourceConfig, backup_id: str) -> OpenedBackup:
     """The backup `backup_id` (or `latest`) of a source, from its target."""
-    storage = open_storage(source.target)
+    storage = open_source_storage(source)
     if backup_id == "latest":
         latest = storage.read_latest(source.name)
         if not latest:
@@ -226,13 +229,13 @@ def populated_schemas(dsn: str, schemas: list[str]) -> set[str]:
 
 def table_dumps(backup: OpenedBackup) -> dict[tuple[str, str], TableDump]:
     """The per-table tier as listed in the manifest (tier "table" files carry schema, table, kind)."""
-    rows = {(t["schema"], t["table"]): t.get("rows") or 0 for t in backup.manifest.get("tables", [])}
+    rows = {t.key: t.rows for t in backup.manifest.tables}
     dumps: dict[tuple[str, str], TableDump] = {}
-    for entry in backup.entries("table"):
-        key = (entry["schema"], entry["table"])
+    for entry in backup.manifest.entries("table"):
+        key = (entry.schema or "", entry.table or "")
         dump = dumps.setdefault(key, TableDump(key[0], key[1], {}, rows.get(key, 0)))
-        dump.files[entry["kind"]] = entry["path"]
-        dump.after = [tuple(p) for p in entry.get("after", [])] or dump.after  # type: ignore[misc]
+        dump.files[entry.kind or ""] = entry.path
+        dump.after = list(entry.after or []) or dump.after
     return dumps
 
 
@@ -253,9 +256,9 @@ def _restore_tables(
     schemas = list(dict.fromkeys(t.schema for t in chosen))
     populated = populated_schemas(request.target_dsn, schemas)
     objects = {
-        e["schema"]: e["path"]
-        for e in backup.entries("schema_objects")
-        if e["schema"] in schemas and e["schema"] not in populated
+        e.schema: e.path
+        for e in backup.manifest.entries("schema_objects")
+        if e.schema and e.schema in schemas and e.schema not in populated
     }
     for dump in chosen:
         for rel in dump.files.values():
@@ -271,11 +274,11 @@ def _restore_tables(
         result.notes.append(f"restored the types, functions and sequences of empty schema(s) {', '.join(objects)}")
 
 
-def _schema_entry(backup: OpenedBackup, schema: str) -> dict[str, Any]:
-    for entry in backup.entries("schema"):
-        if entry["schema"] == schema:
+def _schema_entry(backup: OpenedBackup, schema: str) -> FileEntry:
+    for entry in backup.manifest.entries("schema"):
+        if entry.schema == schema:
             return entry
-    known = ", ".join(sorted(e["schema"] for e in backup.entries("schema")))
+    known = ", ".join(sorted(e.schema or "" for e in backup.manifest.entries("schema")))
     raise BackupError(f"schema {schema!r} is not in backup {backup.backup_id} (schemas: {known})")
 
 
@@ -297,10 +300,8 @@ def restore_backup(
         result.steps.append(f"created database {conninfo_to_dict(request.target_dsn).get('dbname')}")
     schema_entries = [_schema_entry(backup, s) for s in dict.fromkeys(request.schemas)]
     major = server_major_at(request.target_dsn)
-    if major < int(backup.manifest.get("server_major") or 0):
-        result.notes.append(
-            f"target runs PostgreSQL {major}, older than the source's {backup.manifest['server_major']}"
-        )
+    if major < backup.manifest.server_major:
+        result.notes.append(f"target runs PostgreSQL {major}, older than the source's {backup.manifest.server_major}")
     tools = find_tools(source.pg_bin)
     with work_dir() as tmp:
         work = Path(tmp)
@@ -311,7 +312,7 @@ def restore_backup(
                 result.steps.append(f"roles ({len(tolerated)} already existed)")
                 result.notes += tolerated
             elif tier == "full":
-                archive = backup.entries("full")[0]["path"]
+                archive = backup.manifest.entries("full")[0].path
                 result.notes += pg_restore(
                     tools,
                     backup.fetch(archive, work),
@@ -325,13 +326,13 @@ def restore_backup(
                 for entry in schema_entries:
                     result.notes += pg_restore(
                         tools,
-                        backup.fetch(entry["path"], work),
+                        backup.fetch(entry.path, work),
                         request.target_dsn,
                         jobs=request.jobs,
                         clean=request.clean,
                         server_major=major,
                     )
-                    result.steps.append(f"schema {entry['schema']!r} from {entry['path']}")
+                    result.steps.append(f"schema {entry.schema!r} from {entry.path}")
             else:
                 _restore_tables(backup, request, tools, major, work, result)
     result.seconds = time.monotonic() - started

@@ -20,8 +20,7 @@ from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.constants import backup_job_name
 from pg_backup_dagster.errors import BackupError
 from pg_backup_dagster.retention.policy import BackupRecord, RetentionPlan, plan_retention
-from pg_backup_dagster.storage import BackupStorage
-from pg_backup_dagster.storage.base import DEFAULT_GC_MIN_AGE
+from pg_backup_dagster.storage import DEFAULT_GC_MIN_AGE, BackupRepository
 
 LATEST_GUARD = "latest.json points here"
 # A run in one of these states may still be writing its staging dir.
@@ -52,7 +51,7 @@ class RetentionResult:
         return [f"{action:<7} {backup_id}  {why}" for backup_id, action, why in sorted(rows)]
 
 
-def load_records(storage: BackupStorage, source: str) -> tuple[list[BackupRecord], dict[str, str]]:
+def load_records(storage: BackupRepository, source: str) -> tuple[list[BackupRecord], dict[str, str]]:
     """Records of the source's published backups; anything unreadable or not ours is skipped, never deleted."""
     records: list[BackupRecord] = []
     skipped: dict[str, str] = {}
@@ -63,10 +62,10 @@ def load_records(storage: BackupStorage, source: str) -> tuple[list[BackupRecord
         except BackupError as exc:
             skipped[backup_id] = f"not considered: {exc}"
             continue
-        if manifest.get("source") != source or manifest.get("backup_id") != backup_id:
+        if manifest.source != source or manifest.backup_id != backup_id:
             skipped[backup_id] = "not considered: manifest names another source or backup id"
             continue
-        records.append(BackupRecord(backup_id, started, manifest.get("passed") is True))
+        records.append(BackupRecord(backup_id, started, manifest.passed))
     return records, skipped
 
 
@@ -80,7 +79,7 @@ def guard_latest(plan: RetentionPlan, latest_id: str | None) -> RetentionPlan:
     return RetentionPlan(keep=keep, delete=delete, reasons={**plan.reasons, latest_id: LATEST_GUARD})
 
 
-def plan_for_source(source: SourceConfig, storage: BackupStorage, now: datetime | None = None) -> RetentionResult:
+def plan_for_source(source: SourceConfig, storage: BackupRepository, now: datetime | None = None) -> RetentionResult:
     """The plan for one source as it stands in storage, with the latest.json guard applied."""
     records, skipped = load_records(storage, source.name)
     plan = plan_retention(records, source.retention, now or datetime.now(UTC))
@@ -91,7 +90,7 @@ def plan_for_source(source: SourceConfig, storage: BackupStorage, now: datetime 
 
 def run_retention(
     source: SourceConfig,
-    storage: BackupStorage,
+    storage: BackupRepository,
     instance: dg.DagsterInstance | None,
     *,
     apply: bool,
@@ -118,7 +117,7 @@ def other_backup_running(instance: dg.DagsterInstance, source: SourceConfig, run
 
 def after_publish(
     source: SourceConfig,
-    storage: BackupStorage,
+    storage: BackupRepository,
     instance: dg.DagsterInstance | None,
     run_id: str | None,
     logger: logging.Logger,

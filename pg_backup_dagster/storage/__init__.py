@@ -1,31 +1,70 @@
-"""Backup targets: a local directory or s3://bucket/prefix, behind one BackupStorage interface."""
+"""Backup targets: a local directory or s3://bucket/prefix, opened as one BackupRepository.
+
+`open_source_storage` is how the package opens a source's target, so server-side encryption, the storage
+class, the multipart part size and the age recipients are never forgotten by one caller.
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import unquote, urlparse
 
 from pg_backup_dagster.errors import BackupError
-from pg_backup_dagster.storage.base import LATEST_NAME, MANIFEST_NAME, BackupStorage
+from pg_backup_dagster.storage.base import ObjectStore
 from pg_backup_dagster.storage.encryption import IDENTITY_ENV, decrypt_file, encrypt_file, generate_identity
 from pg_backup_dagster.storage.local import LocalStorage
+from pg_backup_dagster.storage.repository import DEFAULT_GC_MIN_AGE, LATEST_NAME, BackupRepository
 from pg_backup_dagster.storage.s3 import S3Storage
 
 __all__ = [
+    "DEFAULT_GC_MIN_AGE",
     "IDENTITY_ENV",
     "LATEST_NAME",
-    "MANIFEST_NAME",
-    "BackupStorage",
+    "BackupRepository",
     "LocalStorage",
+    "ObjectStore",
     "S3Storage",
+    "TargetSettings",
     "decrypt_file",
     "encrypt_file",
     "generate_identity",
+    "open_source_storage",
     "open_storage",
 ]
 
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-_]{1,254}$", re.I)
+
+
+class TargetSettings(Protocol):
+    """Where a source's backups go and how they are stored (SourceConfig and the Dagster resource have these)."""
+
+    @property
+    def target(self) -> str: ...
+    @property
+    def sse(self) -> str | None: ...
+    @property
+    def kms_key_id(self) -> str | None: ...
+    @property
+    def storage_class(self) -> str | None: ...
+    @property
+    def part_size(self) -> int | None: ...
+    @property
+    def age_recipients(self) -> Sequence[str]: ...
+
+
+def open_source_storage(settings: TargetSettings) -> BackupRepository:
+    """The backups of a source's target, with every storage setting of the source."""
+    return open_storage(
+        settings.target,
+        sse=settings.sse,
+        kms_key_id=settings.kms_key_id,
+        storage_class=settings.storage_class,
+        part_size=settings.part_size,
+        recipients=list(settings.age_recipients) or None,
+    )
 
 
 def open_storage(
@@ -36,8 +75,8 @@ def open_storage(
     storage_class: str | None = None,
     part_size: int | None = None,
     recipients: list[str] | None = None,
-) -> BackupStorage:
-    """The storage for a target URL: a path, file:///path, or s3://bucket/prefix.
+) -> BackupRepository:
+    """The backups at a target URL: a path, file:///path, or s3://bucket/prefix.
 
     S3 targets check the bucket at open (missing bucket or denied access fail here, clearly); local
     targets are created if needed and must be writable.
@@ -45,20 +84,17 @@ def open_storage(
     if not isinstance(url, str) or not url.strip():
         raise BackupError("backup target is empty: set a directory or s3://bucket/prefix")
     url = url.strip()
+    store: ObjectStore
     if url.startswith("s3://"):
         bucket, prefix = _parse_s3(url)
-        return S3Storage(
-            bucket,
-            prefix,
-            sse=sse,
-            kms_key_id=kms_key_id,
-            storage_class=storage_class,
-            part_size=part_size,
-            recipients=recipients,
+        store = S3Storage(
+            bucket, prefix, sse=sse, kms_key_id=kms_key_id, storage_class=storage_class, part_size=part_size
         )
-    if sse or kms_key_id or storage_class:
+    elif sse or kms_key_id or storage_class:
         raise BackupError("sse, kms_key_id and storage_class apply to s3:// targets only")
-    return LocalStorage(_parse_local(url), recipients=recipients)
+    else:
+        store = LocalStorage(_parse_local(url))
+    return BackupRepository(store, recipients=recipients)
 
 
 def _parse_s3(url: str) -> tuple[str, str]:

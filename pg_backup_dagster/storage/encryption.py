@@ -15,6 +15,7 @@ import pyrage
 from pyrage import ssh, x25519
 
 from pg_backup_dagster.errors import BackupError, register_secret
+from pg_backup_dagster.files import atomic_path
 
 IDENTITY_ENV = "PG_BACKUP_AGE_IDENTITY"
 
@@ -76,14 +77,11 @@ def encrypt_file(src: Path, dst: Path, recipients: list[str]) -> None:
 def decrypt_file(src: Path, dst: Path, identity: str | None = None) -> None:
     """Decrypt src to dst with the identity text (or PG_BACKUP_AGE_IDENTITY); dst is complete or absent."""
     parsed = parse_identity(resolve_identity(identity))
-    partial = Path(dst).with_name(Path(dst).name + ".decrypting")
     try:
-        pyrage.decrypt_file(str(src), str(partial), parsed)
-        os.replace(partial, dst)
+        with atomic_path(Path(dst)) as partial:
+            pyrage.decrypt_file(str(src), str(partial), parsed)
     except (OSError, pyrage.DecryptError) as exc:
         raise BackupError(f"cannot decrypt {src}: {exc} (wrong identity or corrupt file)") from None
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def generate_identity() -> tuple[str, str]:

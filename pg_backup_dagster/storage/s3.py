@@ -13,13 +13,10 @@ import hashlib
 import logging
 import math
 import os
-import shutil
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -28,27 +25,8 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 
 from pg_backup_dagster.errors import BackupError
-from pg_backup_dagster.storage.base import (
-    CHUNK_SIZE,
-    DEFAULT_GC_MIN_AGE,
-    LATEST_NAME,
-    MANIFEST_NAME,
-    BackupStorage,
-    check_declared,
-    check_manifest_id,
-    check_relpath,
-    check_segment,
-    final_manifest,
-    is_encrypted,
-    is_old,
-    manifest_bytes,
-    parse_json,
-    plan_entries,
-    prepare_entry,
-    remove_path,
-    sha256_file,
-    stored_path,
-)
+from pg_backup_dagster.files import CHUNK_SIZE, Digest
+from pg_backup_dagster.storage.base import FolderExists, ObjectStore, PendingFolder, StoredObject, UnfinishedUpload
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +85,8 @@ class Uploaded:
     checksum: str
 
 
-class S3Storage(BackupStorage):
-    """Backups under s3://bucket/prefix."""
+class S3Storage(ObjectStore):
+    """Backups under s3://bucket/prefix; a key is relative to the prefix."""
 
     def __init__(
         self,
@@ -119,7 +97,6 @@ class S3Storage(BackupStorage):
         kms_key_id: str | None = None,
         storage_class: str | None = None,
         part_size: int | None = None,
-        recipients: list[str] | None = None,
         client: Any | None = None,
         work_dir: Path | None = None,
         check: bool = True,
@@ -128,7 +105,6 @@ class S3Storage(BackupStorage):
         self.prefix = prefix.strip("/")
         self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
         self._key_prefix = f"{self.prefix}/" if self.prefix else ""
-        self.recipients = list(recipients) if recipients else None
         self.part_size = part_size
         self.storage_class = storage_class
         self._sse_args = self._sse(sse, kms_key_id)
@@ -187,34 +163,35 @@ class S3Storage(BackupStorage):
         self._call("head_bucket")
 
     # --- keys ----------------------------------------------------------------------------------------
-    def _source_key(self, source: str) -> str:
-        return f"{self._key_prefix}{check_segment('source', source)}/"
+    def _key(self, key: str) -> str:
+        return self._key_prefix + key
 
-    def _backup_key(self, source: str, backup_id: str) -> str:
-        return f"{self._source_key(source)}{check_segment('backup id', backup_id)}/"
+    def location(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._key(key)}"
 
-    def backup_url(self, source: str, backup_id: str) -> str:
-        return f"s3://{self.bucket}/{self._backup_key(source, backup_id)}"
+    def scratch_dir(self, parent: str) -> Path:
+        """Local staging for S3 targets: under PG_BACKUP_WORK_DIR (or the system temp dir)."""
+        return self.work_dir / parent.strip("/")
 
-    def staging_dir(self, source: str, backup_id: str) -> Path:
-        return self.work_dir / check_segment("source", source) / check_segment("backup id", backup_id)
+    def begin_folder(self, prefix: str) -> PendingFolder:
+        return S3PendingFolder(self, self._key(prefix))
 
-    def _exists(self, key: str) -> bool:
+    def exists(self, key: str) -> bool:
+        return self._unless_missing("head_object", self._key(key)) is not None
+
+    def _unless_missing(self, op: str, key: str) -> Any | None:
+        """Run one operation on a key; None when there is no such key."""
         try:
-            self.client.head_object(Bucket=self.bucket, Key=key)
-            return True
+            return getattr(self.client, op)(Bucket=self.bucket, Key=key)
         except ClientError as exc:
             if self._code(exc) in _MISSING:
-                return False
-            raise self._error(exc, "head_object", key) from None
+                return None
+            raise self._error(exc, op, key) from None
         except BotoCoreError as exc:
-            raise self._error(exc, "head_object", key) from None
+            raise self._error(exc, op, key) from None
 
-    def has_backup(self, source: str, backup_id: str) -> bool:
-        return self._exists(self._backup_key(source, backup_id) + MANIFEST_NAME)
-
-    def _list(self, prefix: str, delimiter: str | None = None) -> Iterator[dict[str, Any]]:
-        """Pages of list_objects_v2 under prefix."""
+    def _pages(self, prefix: str, delimiter: str | None = None) -> Iterator[dict[str, Any]]:
+        """Pages of list_objects_v2 under a full key prefix."""
         paginator = self.client.get_paginator("list_objects_v2")
         extra = {"Delimiter": delimiter} if delimiter else {}
         try:
@@ -222,67 +199,26 @@ class S3Storage(BackupStorage):
         except (ClientError, BotoCoreError) as exc:
             raise self._error(exc, "list_objects_v2", prefix) from None
 
-    def _child_names(self, prefix: str) -> list[str]:
-        names = []
-        for page in self._list(prefix, "/"):
-            for common in page.get("CommonPrefixes", []):
-                names.append(common["Prefix"][len(prefix) :].rstrip("/"))
+    def list_children(self, prefix: str) -> list[str]:
+        full = self._key(prefix)
+        names = [
+            common["Prefix"][len(full) :].rstrip("/")
+            for page in self._pages(full, "/")
+            for common in page.get("CommonPrefixes", [])
+        ]
         return sorted(names)
 
-    def _objects(self, prefix: str) -> list[dict[str, Any]]:
-        return [obj for page in self._list(prefix) for obj in page.get("Contents", [])]
+    def list_objects(self, prefix: str, *, recursive: bool = True) -> list[StoredObject]:
+        full = self._key(prefix)
+        return [
+            StoredObject(obj["Key"][len(self._key_prefix) :], obj["LastModified"].timestamp())
+            for page in self._pages(full, None if recursive else "/")
+            for obj in page.get("Contents", [])
+        ]
 
-    # --- publish -------------------------------------------------------------------------------------
-    def publish(self, source: str, backup_id: str, manifest: dict[str, Any]) -> str:
-        staging = self.staging_dir(source, backup_id)
-        base_key = self._backup_key(source, backup_id)
-        if self.has_backup(source, backup_id):
-            raise BackupError(f"backup {self.backup_url(source, backup_id)} already exists; backups are immutable")
-        if not staging.is_dir():
-            raise BackupError(f"nothing staged for {source}/{backup_id} (expected {staging})")
-        check_manifest_id(manifest, backup_id)
-        entries = plan_entries(staging, manifest.get("files"))
-        uploaded: list[str] = []
-        try:
-            stored = [self._store_entry(staging, entry, base_key, uploaded) for entry in entries]
-            document = final_manifest(manifest, backup_id, stored, self.recipients)
-            self._put_manifest(base_key + MANIFEST_NAME, manifest_bytes(document))
-        except _ManifestExists:
-            raise BackupError(f"backup {self.backup_url(source, backup_id)} appeared during publish") from None
-        except BaseException:
-            self._delete_keys(uploaded, best_effort=True)
-            raise
-        shutil.rmtree(staging, ignore_errors=True)
-        return self.backup_url(source, backup_id)
-
-    def _store_entry(self, staging: Path, entry: dict[str, Any], base_key: str, uploaded: list[str]) -> dict[str, Any]:
-        """Upload one file (its age encryption if configured), verify it, return its manifest entry."""
-        src, updated = prepare_entry(staging, entry, self.recipients)
-        try:
-            expected_size, expected_sha = self._expected(src, updated)
-            key = base_key + stored_path(updated)
-            uploaded.append(key)
-            sent = self.upload_file(src, key, expected_sha)
-            if sent.size != expected_size or sent.sha256 != expected_sha:
-                raise BackupError(f"{updated['path']} changed while it was being uploaded")
-            self.verify_object(key, sent)
-        finally:
-            if is_encrypted(updated):
-                src.unlink(missing_ok=True)
-        updated.update(size=sent.size, sha256=sent.sha256)
-        return updated
-
-    @staticmethod
-    def _expected(src: Path, entry: dict[str, Any]) -> tuple[int, str]:
-        """The hash an upload must match: the caller's for plain files (one read), else computed now."""
-        if not is_encrypted(entry) and entry.get("sha256") and entry.get("size") is not None:
-            return entry["size"], entry["sha256"]
-        size, sha = sha256_file(src)
-        if not is_encrypted(entry):
-            check_declared(entry, size, sha)
-        return size, sha
-
+    # --- writing -------------------------------------------------------------------------------------
     def _object_args(self, sha256_hex: str, *, data_file: bool) -> dict[str, Any]:
+        """SSE (and KMS key) on every object; the storage class on data files only."""
         args: dict[str, Any] = {"Metadata": {"sha256": sha256_hex}, **self._sse_args}
         if data_file and self.storage_class:
             args["StorageClass"] = self.storage_class
@@ -371,19 +307,27 @@ class S3Storage(BackupStorage):
             body.close()
         return size, digest.hexdigest()
 
-    def _put_manifest(self, key: str, data: bytes) -> None:
-        """Conditional PUT (If-None-Match) so two publishers of one id cannot both win."""
+    def _small_args(self, data: bytes) -> dict[str, Any]:
+        """A small bookkeeping file (manifest, latest.json): its checksum, SSE, no storage class."""
         digest = hashlib.sha256(data).digest()
-        args = {"Body": data, "ChecksumSHA256": _b64(digest), "ContentType": "application/json"}
-        args.update(self._object_args(digest.hex(), data_file=False))
+        return {"Body": data, "ChecksumSHA256": _b64(digest), "ContentType": "application/json",
+                **self._object_args(digest.hex(), data_file=False)}
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        """A single PUT replaces an object atomically for every reader."""
+        self._call("put_object", self._key(key), **self._small_args(data))
+
+    def put_manifest(self, key: str, data: bytes) -> None:
+        """Conditional PUT (If-None-Match) so two publishers of one folder cannot both win."""
+        args = self._small_args(data)
         try:
             self.client.put_object(Bucket=self.bucket, Key=key, IfNoneMatch="*", **args)
         except ClientError as exc:
             code = self._code(exc)
             if code in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
-                if self._get_bytes(key) == data:  # our own PUT, retried after a lost response
+                if self._get(key) == data:  # our own PUT, retried after a lost response
                     return
-                raise _ManifestExists() from None
+                raise FolderExists(f"s3://{self.bucket}/{key} already exists") from None
             if code not in ("NotImplemented", "501"):
                 raise self._error(exc, "put_object", key) from None
             self._call("put_object", key, **args)
@@ -391,147 +335,77 @@ class S3Storage(BackupStorage):
             raise self._error(exc, "put_object", key) from None
 
     # --- reading -------------------------------------------------------------------------------------
-    def list_backups(self, source: str) -> list[str]:
-        source_key = self._source_key(source)
-        return [
-            name
-            for name in self._child_names(source_key)
-            if not name.startswith(".") and self._exists(f"{source_key}{name}/{MANIFEST_NAME}")
-        ]
-
-    def list_sources(self) -> list[str]:
-        sources = []
-        for name in self._child_names(self._key_prefix):
-            try:
-                check_segment("source", name)
-            except BackupError:
-                continue
-            if self._exists(f"{self._source_key(name)}{LATEST_NAME}") or self.list_backups(name):
-                sources.append(name)
-        return sources
-
-    def _get_bytes(self, key: str) -> bytes | None:
+    def _get(self, key: str) -> bytes | None:
+        response = self._unless_missing("get_object", key)
+        if response is None:
+            return None
         try:
-            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
-            with body:
+            with response["Body"] as body:
                 return body.read()
-        except ClientError as exc:
-            if self._code(exc) in _MISSING:
-                return None
-            raise self._error(exc, "get_object", key) from None
-        except BotoCoreError as exc:
+        except (OSError, BotoCoreError) as exc:
             raise self._error(exc, "get_object", key) from None
 
-    def read_manifest(self, source: str, backup_id: str) -> dict[str, Any]:
-        key = self._backup_key(source, backup_id) + MANIFEST_NAME
-        data = self._get_bytes(key)
-        if data is None:
-            raise BackupError(f"no backup {source}/{backup_id}: s3://{self.bucket}/{key} does not exist")
-        return parse_json(data, f"s3://{self.bucket}/{key}")
+    def get_bytes(self, key: str) -> bytes | None:
+        return self._get(self._key(key))
 
-    def open_file(self, source: str, backup_id: str, relpath: str) -> BinaryIO:
-        key = self._backup_key(source, backup_id) + check_relpath(relpath)
-        return self._call("get_object", key)["Body"]
+    def open(self, key: str) -> BinaryIO:
+        return self._call("get_object", self._key(key))["Body"]
 
-    # --- latest --------------------------------------------------------------------------------------
-    def write_latest(self, source: str, backup_id: str, info: dict[str, Any]) -> None:
-        """A single PUT replaces latest.json atomically for every reader."""
-        payload = self._latest_payload(source, backup_id, info)
-        digest = hashlib.sha256(payload).digest()
-        self._call(
-            "put_object",
-            self._source_key(source) + LATEST_NAME,
-            Body=payload,
-            ChecksumSHA256=_b64(digest),
-            ContentType="application/json",
-            **self._object_args(digest.hex(), data_file=False),
-        )
+    # --- deleting ------------------------------------------------------------------------------------
+    def delete_keys(self, keys: list[str]) -> None:
+        self._delete_full([self._key(key) for key in keys])
 
-    def read_latest(self, source: str) -> dict[str, Any] | None:
-        key = self._source_key(source) + LATEST_NAME
-        data = self._get_bytes(key)
-        return None if data is None else parse_json(data, f"s3://{self.bucket}/{key}")
+    def delete_prefix(self, prefix: str) -> None:
+        self.delete_keys([obj.key for obj in self.list_objects(prefix)])
 
-    # --- delete, gc ----------------------------------------------------------------------------------
-    def delete_backup(self, source: str, backup_id: str) -> None:
-        base_key = self._backup_key(source, backup_id)
-        keys = [obj["Key"] for obj in self._objects(base_key)]
-        if not keys:
-            raise BackupError(f"no backup {source}/{backup_id} at {self.backup_url(source, backup_id)}")
-        manifest_key = base_key + MANIFEST_NAME
-        if manifest_key in keys:
-            self._delete_keys([manifest_key])
-        self._delete_keys([key for key in keys if key != manifest_key])
-
-    def _delete_keys(self, keys: list[str], *, best_effort: bool = False) -> None:
+    def _delete_full(self, keys: list[str]) -> None:
         """delete_objects in batches of 1000; per-key errors are errors too."""
         for start in range(0, len(keys), 1000):
             batch = [{"Key": key} for key in keys[start : start + 1000]]
-            try:
-                response = self._call("delete_objects", Delete={"Objects": batch, "Quiet": True})
-                if response.get("Errors"):
-                    first = response["Errors"][0]
-                    raise BackupError(f"cannot delete s3://{self.bucket}/{first.get('Key')}: {first.get('Code')}")
-            except BackupError as exc:
-                if not best_effort:
-                    raise
-                log.warning("cleanup after failed publish incomplete (gc will finish): %s", exc)
-                return
+            response = self._call("delete_objects", Delete={"Objects": batch, "Quiet": True})
+            if response.get("Errors"):
+                first = response["Errors"][0]
+                raise BackupError(f"cannot delete s3://{self.bucket}/{first.get('Key')}: {first.get('Code')}")
 
-    def gc(self, source: str, *, min_age: float = DEFAULT_GC_MIN_AGE, dry_run: bool = False) -> list[str]:
-        source_key = self._source_key(source)
-        removed = self._gc_orphan_prefixes(source_key, min_age, dry_run)
-        removed += self._gc_multipart(source_key, min_age, dry_run)
-        removed += self._gc_work_dir(source, min_age, dry_run)
-        return removed
-
-    def _gc_orphan_prefixes(self, source_key: str, min_age: float, dry_run: bool) -> list[str]:
-        """Objects under {source}/{id}/ with no manifest: a failed publish or an interrupted delete."""
-        removed = []
-        cutoff = time.time() - min_age
-        for name in self._child_names(source_key):
-            prefix = f"{source_key}{name}/"
-            objects = self._objects(prefix)
-            keys = [obj["Key"] for obj in objects]
-            if not keys or prefix + MANIFEST_NAME in keys:
-                continue
-            if max(obj["LastModified"].timestamp() for obj in objects) > cutoff:
-                continue
-            if not dry_run:
-                self._delete_keys(keys)
-            removed.append(f"s3://{self.bucket}/{prefix}")
-        return removed
-
-    def _gc_multipart(self, source_key: str, min_age: float, dry_run: bool) -> list[str]:
-        """Unfinished multipart uploads cost storage while invisible to listings: abort them."""
-        removed = []
-        cutoff = datetime.fromtimestamp(time.time() - min_age, UTC)
+    def unfinished_uploads(self, prefix: str) -> list[UnfinishedUpload]:
+        """Multipart uploads never completed nor aborted: they cost storage while invisible to listings."""
+        full = self._key(prefix)
         try:
-            pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=source_key)
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=full)
             uploads = [upload for page in pages for upload in page.get("Uploads", [])]
         except (ClientError, BotoCoreError) as exc:
-            raise self._error(exc, "list_multipart_uploads", source_key) from None
-        for upload in uploads:
-            if upload["Initiated"] > cutoff:
-                continue
-            if not dry_run:
-                self._call("abort_multipart_upload", upload["Key"], UploadId=upload["UploadId"])
-            removed.append(f"multipart upload s3://{self.bucket}/{upload['Key']}")
-        return removed
+            raise self._error(exc, "list_multipart_uploads", full) from None
+        return [
+            UnfinishedUpload(u["Key"][len(self._key_prefix) :], u["UploadId"], u["Initiated"].timestamp())
+            for u in uploads
+        ]
 
-    def _gc_work_dir(self, source: str, min_age: float, dry_run: bool) -> list[str]:
-        """Local staging dirs of S3 runs that never published."""
-        source_dir = self.work_dir / source
-        if not source_dir.is_dir():
-            return []
-        removed = []
-        for child in sorted(source_dir.iterdir()):
-            if is_old(child, min_age):
-                if not dry_run:
-                    remove_path(child)
-                removed.append(str(child))
-        return removed
+    def abort_upload(self, upload: UnfinishedUpload) -> None:
+        self._call("abort_multipart_upload", self._key(upload.key), UploadId=upload.upload_id)
 
 
-class _ManifestExists(Exception):
-    """Another publisher wrote this backup's manifest first."""
+class S3PendingFolder(PendingFolder):
+    """Objects uploaded under the folder's prefix; the manifest PUT, last, is what publishes them."""
+
+    def __init__(self, store: S3Storage, base_key: str) -> None:
+        self.store = store
+        self.base_key = base_key
+        self.uploaded: list[str] = []
+
+    def put_file(self, relpath: str, src: Path, digest: Digest, *, data_file: bool = True) -> None:
+        """Upload (hashing as it reads, per-part checksums), then check what was sent and what is stored."""
+        key = self.base_key + relpath
+        self.uploaded.append(key)
+        sent = self.store.upload_file(src, key, digest.sha256, data_file=data_file)
+        if (sent.size, sent.sha256) != (digest.size, digest.sha256):
+            raise BackupError(f"{relpath} changed after it was hashed (sent {sent.size} bytes, sha256 {sent.sha256})")
+        self.store.verify_object(key, sent)
+
+    def commit(self, relpath: str, data: bytes) -> None:
+        self.store.put_manifest(self.base_key + relpath, data)
+
+    def discard(self) -> None:
+        try:
+            self.store._delete_full(self.uploaded)
+        except BackupError as exc:
+            log.warning("cleanup after failed publish incomplete (gc will finish): %s", exc)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-from dataclasses import asdict
 
 from pg_backup_dagster.backup.staging import Staging
+from pg_backup_dagster.backup.state import TablesState
 from pg_backup_dagster.files import temp_path
 from pg_backup_dagster.pg.tools import PgTools
 from pg_backup_dagster.tiers.archive import UnsupportedArchive
@@ -47,7 +47,7 @@ class TableTierSplit:
         except UnsupportedArchive:
             self.live = None
 
-    def finish(self) -> dict:
+    def finish(self) -> TablesState:
         """Complete the split over the published full archive and describe the tier for metadata and manifest."""
         archive, root = self.staging.full_dump, self.staging.root
         try:
@@ -62,18 +62,17 @@ class TableTierSplit:
         return describe_tier(self.staging, result, time.monotonic() - self.started)
 
 
-def describe_tier(staging: Staging, result: SplitResult, seconds: float) -> dict:
+def describe_tier(staging: Staging, result: SplitResult, seconds: float) -> TablesState:
     """What metadata, checks, RESTORE.md and the manifest need to know about the table files."""
-    tables = [asdict(t) for t in result.tables]
-    globals_ = [p for p in (result.global_objects, result.global_objects_late) if p]
-    paths = [p for t in result.tables for p in t.files.values()] + globals_
+    paths = [p for t in result.tables for p in t.files.values()]
+    paths += [p for p in (result.global_objects, result.global_objects_late) if p]
     paths += list(result.schema_objects.values())
-    return {
-        "tables": tables,
-        "schema_objects": result.schema_objects,
-        "global_objects": result.global_objects,
-        "global_objects_late": result.global_objects_late,
-        "files": len(paths),
-        "size": sum((staging.root / p).stat().st_size for p in paths),
-        "seconds": seconds,
-    }
+    return TablesState(
+        tables=result.tables,
+        schema_objects=result.schema_objects,
+        global_objects=result.global_objects,
+        global_objects_late=result.global_objects_late,
+        files=len(paths),
+        size=sum((staging.root / p).stat().st_size for p in paths),
+        seconds=seconds,
+    )

@@ -4,7 +4,7 @@ full test restore compared with the manifest's per-table row counts. Reports eve
 from __future__ import annotations
 
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pg_backup_dagster.config import SourceConfig
@@ -47,23 +47,24 @@ def verify_backup(
     full_archive = None
     with work_dir() as tmp:
         work = Path(tmp)
-        for entry in backup.manifest["files"]:
+        for entry in backup.manifest.files:
             try:
-                local = backup.fetch(entry["path"], work)
+                local = backup.fetch(entry.path, work)
             except BackupError as exc:
-                report.problems.append(f"{entry['path']}: {exc}")
+                report.problems.append(f"{entry.path}: {exc}")
                 continue
             report.files += 1
-            if entry.get("tier") in ARCHIVE_TIERS:
+            if entry.tier in ARCHIVE_TIERS:
                 report.archives += 1
                 if problem := archive_problem(tools.path("pg_restore"), local):
-                    report.problems.append(f"{entry['path']}: unreadable archive: {problem}")
-            if entry.get("tier") == "full" and full_restore:
+                    report.problems.append(f"{entry.path}: unreadable archive: {problem}")
+            if entry.tier == "full" and full_restore:
                 full_archive = local
             else:
                 local.unlink()
         if full_restore and full_archive is not None and not report.problems:
             report.restore = restore_and_compare(
-                tools, full_archive, backup.manifest["tables"], restore_url=restore_url, jobs=source.restore_jobs
+                tools, full_archive, [asdict(t) for t in backup.manifest.tables], restore_url=restore_url,
+                jobs=source.restore_jobs,
             )
     return report

@@ -7,9 +7,10 @@ import random
 import subprocess
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from pg_backup_dagster.backup.state import CheckRecord, DumpsState, TablesState
 from pg_backup_dagster.backup.step import StepContext
 from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.errors import BackupError, one_line
@@ -35,9 +36,9 @@ class CheckOutcome:
     details: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
-    def record(self) -> dict[str, Any]:
-        return {"passed": self.passed, "description": self.description, "seconds": round(self.seconds, 3),
-                **self.details}
+    def record(self) -> CheckRecord:
+        return CheckRecord(passed=self.passed, description=self.description, seconds=round(self.seconds, 3),
+                           **self.details)
 
 
 def _differences_text(rows: list[dict]) -> str:
@@ -54,7 +55,7 @@ def check_full_restore(
     pg_restore errors fail the check unless they match a pattern the source lists explicitly in
     `accepted_restore_errors` (empty by default).
     """
-    expected = step.staging.load("dumps")["row_counts"]
+    expected = [asdict(row) for row in step.staging.load(DumpsState).row_counts]
     started = time.monotonic()
     report = restore_and_compare(
         step.pg.tools(), step.staging.full_dump, expected, restore_url=restore_url, jobs=source.restore_jobs,
@@ -92,8 +93,8 @@ def _archive_readable(pg_restore: str, path) -> str | None:
 def check_schema_archives(step: StepContext) -> CheckOutcome:
     """Every user schema has exactly one readable archive, and no archive is extra."""
     started = time.monotonic()
-    dumps = step.staging.load("dumps")
-    expected = {item["path"] for item in dumps["schemas"]}
+    dumps = step.staging.load(DumpsState)
+    expected = {item.path for item in dumps.schemas}
     found = {p.relative_to(step.staging.root).as_posix()
              for p in step.staging.root.glob(f"*/*_schema_{step.backup_id}.dump")}
     problems = [f"missing {p}" for p in sorted(expected - found)] + [f"extra {p}" for p in sorted(found - expected)]
@@ -111,16 +112,16 @@ def check_schema_archives(step: StepContext) -> CheckOutcome:
     )
 
 
-def sample_tables(tables: list[dict], sample: int | None, seed: str) -> list[dict]:
+def sample_tables(tables: list[TableDump], sample: int | None, seed: str) -> list[TableDump]:
     """All tables under the default limit; otherwise a reproducible sample (seeded by the backup id)."""
     limit = sample if sample is not None else DEFAULT_TABLE_SAMPLE_LIMIT
     if len(tables) <= limit:
         return tables
-    by_name = {(t["schema"], t["table"]): t for t in tables}
-    chosen = {(t["schema"], t["table"]) for t in random.Random(seed).sample(tables, limit)}
+    by_name = {(t.schema, t.table): t for t in tables}
+    chosen = {(t.schema, t.table) for t in random.Random(seed).sample(tables, limit)}
     pending = list(chosen)
     while pending:  # a partition or inheriting table restores only with its parents
-        for parent in by_name[pending.pop()].get("after", []):
+        for parent in by_name[pending.pop()].after:
             if tuple(parent) not in chosen and tuple(parent) in by_name:
                 chosen.add(tuple(parent))
                 pending.append(tuple(parent))
@@ -132,12 +133,12 @@ def check_table_files(
 ) -> CheckOutcome:
     """Every table has schema.sql and data.sql; the sampled ones restore their exact rows into a scratch db."""
     started = time.monotonic()
-    tier = step.staging.load("tables")
-    dumped = {(r["schema"], r["table"]): r["rows"] for r in step.staging.load("dumps")["row_counts"]}
-    missing = [f"{t['schema']}.{t['table']}: {kind}" for t in tier["tables"] for kind in ("schema", "data")
-               if kind not in t["files"] or not (step.staging.root / t["files"][kind]).is_file()]
-    absent = sorted(f"{s}.{t}" for (s, t) in set(dumped) - {(t["schema"], t["table"]) for t in tier["tables"]})
-    chosen = sample_tables(tier["tables"], sample, step.backup_id)
+    tier = step.staging.load(TablesState)
+    dumped = {r.key: r.rows for r in step.staging.load(DumpsState).row_counts}
+    missing = [f"{t.schema}.{t.table}: {kind}" for t in tier.tables for kind in ("schema", "data")
+               if kind not in t.files or not (step.staging.root / t.files[kind]).is_file()]
+    absent = sorted(f"{s}.{t}" for (s, t) in set(dumped) - {(t.schema, t.table) for t in tier.tables})
+    chosen = sample_tables(tier.tables, sample, step.backup_id)
     rows: list[dict] = []
     error = None
     if not missing and not absent:
@@ -148,7 +149,7 @@ def check_table_files(
     differing = [r for r in rows if r["expected"] != r["restored"]]
     passed = not (missing or absent or differing or error)
     description = (
-        f"{len(tier['tables'])} tables have their files; {len(rows)} restored with identical rows" if passed
+        f"{len(tier.tables)} tables have their files; {len(rows)} restored with identical rows" if passed
         else "; ".join(filter(None, [
             f"missing files: {', '.join(missing[:5])}" if missing else "",
             f"tables without files: {', '.join(absent[:5])}" if absent else "",
@@ -158,28 +159,29 @@ def check_table_files(
     )
     return CheckOutcome(
         passed=passed, description=description,
-        metadata={"tables": len(tier["tables"]), "restored": len(rows), "tables_differing": len(differing),
+        metadata={"tables": len(tier.tables), "restored": len(rows), "tables_differing": len(differing),
                   "row_counts": rows},
-        details={"tables": len(tier["tables"]), "restored": len(rows), "missing": missing, "absent": absent,
+        details={"tables": len(tier.tables), "restored": len(rows), "missing": missing, "absent": absent,
                  "differing": differing, "error": error},
         seconds=time.monotonic() - started,
     )
 
 
-def late_objects_for(tables: list[TableDump], tier: dict) -> str | None:
+def late_objects_for(tables: list[TableDump], tier: TablesState) -> str | None:
     """Views and other late objects read arbitrary tables: restore them only when every table is restored."""
-    return tier["global_objects_late"] if len(tables) == len(tier["tables"]) else None
+    return tier.global_objects_late if len(tables) == len(tier.tables) else None
 
 
 def _restore_sample(
-    step: StepContext, restore_url, chosen: list[dict], tier: dict, dumped: dict, stub_roles: Sequence[str]
+    step: StepContext, restore_url, chosen: list[TableDump], tier: TablesState, dumped: dict,
+    stub_roles: Sequence[str],
 ) -> list[dict]:
-    tables = [TableDump(**t) for t in chosen]
-    if len(tables) < len(tier["tables"]):  # a sample: a foreign key may reference a table left out of it
-        tables = [TableDump(**{**t, "files": {k: v for k, v in t["files"].items() if k != "fk"}}) for t in chosen]
+    tables = chosen
+    if len(tables) < len(tier.tables):  # a sample: a foreign key may reference a table left out of it
+        tables = [replace(t, files={k: v for k, v in t.files.items() if k != "fk"}) for t in chosen]
     with scratch_database(restore_url, stub_roles=stub_roles) as dsn:
         restore_tables(step.staging.root, tables, dsn, psql=step.pg.tools().path("psql"),
-                       schema_objects=tier["schema_objects"], global_objects=tier["global_objects"],
+                       schema_objects=tier.schema_objects, global_objects=tier.global_objects,
                        late_objects=late_objects_for(tables, tier))
         expected = [{"schema": t.schema, "table": t.table, "rows": dumped.get((t.schema, t.table), t.rows)}
                     for t in tables]

@@ -22,7 +22,7 @@ import pytest
 
 from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.defs.run import BackupOutcome, run_backup
-from pg_backup_dagster.storage import BackupStorage, LocalStorage, S3Storage
+from pg_backup_dagster.storage import BackupRepository, LocalStorage, S3Storage
 
 RESTORE_ENV = "PGBD_FAULTS_RESTORE_URL"
 _ids = itertools.count()
@@ -61,23 +61,24 @@ def assert_failed_naming(outcome: BackupOutcome, *causes: str) -> str:
     return text
 
 
-def assert_only_published(storage: BackupStorage, source: str, published: list[str]) -> None:
+def assert_only_published(storage: BackupRepository, source: str, published: list[str]) -> None:
     """Exactly these backups are visible, each complete (every file matches its manifest), latest on the last."""
     assert storage.list_backups(source) == sorted(published)
     assert (storage.read_latest(source) or {}).get("backup_id") == max(published)
     for backup_id in published:
         manifest = storage.read_manifest(source, backup_id)
-        assert manifest["passed"] is True and manifest["files"]
-    if isinstance(storage, LocalStorage):
+        assert manifest.passed is True and manifest.files
+    if isinstance(storage.store, LocalStorage):
         for backup_id in published:
             storage.fetch(source, backup_id, Path("/nonexistent"))  # local: verifies every file in place
 
 
-def leftovers(storage: BackupStorage, source: str) -> list[str]:
+def leftovers(storage: BackupRepository, source: str) -> list[str]:
     """Anything under the source that is not part of a published backup, latest.json or the latest link."""
     published = set(storage.list_backups(source))
-    if isinstance(storage, LocalStorage):
-        root = storage.root / source
+    store = storage.store
+    if isinstance(store, LocalStorage):
+        root = store.root / source
         found = []
         for path in sorted(root.rglob("*")) if root.exists() else []:
             rel = path.relative_to(root).parts
@@ -87,17 +88,17 @@ def leftovers(storage: BackupStorage, source: str) -> list[str]:
                 continue
             found.append(str(path))
         return found
-    assert isinstance(storage, S3Storage)
-    base = storage._source_key(source)
-    keys = [obj["Key"] for obj in storage._objects(base)]
+    assert isinstance(store, S3Storage)
+    base = f"{source}/"
+    keys = [obj.key for obj in store.list_objects(base)]
     stray = [k for k in keys if k != base + "latest.json" and k[len(base) :].split("/")[0] not in published]
-    uploads = storage.client.list_multipart_uploads(Bucket=storage.bucket, Prefix=base).get("Uploads", [])
-    work = storage.work_dir / source
+    uploads = store.client.list_multipart_uploads(Bucket=store.bucket, Prefix=store._key(base)).get("Uploads", [])
+    work = store.work_dir / source
     local = [str(p) for p in sorted(work.iterdir())] if work.exists() else []
     return stray + [f"multipart {u['Key']}" for u in uploads] + local
 
 
-def assert_gc_cleans(storage: BackupStorage, source: str, published: list[str]) -> list[str]:
+def assert_gc_cleans(storage: BackupRepository, source: str, published: list[str]) -> list[str]:
     """gc removes every leftover of the failed run and never a published backup."""
     removed = storage.gc(source, min_age=0)
     assert leftovers(storage, source) == []

@@ -20,7 +20,7 @@ import pytest
 from botocore.config import Config
 
 from pg_backup_dagster.config import SourceConfig
-from pg_backup_dagster.storage import S3Storage, open_storage
+from pg_backup_dagster.storage import BackupRepository, S3Storage, open_storage
 from pg_backup_dagster.storage.s3 import make_client
 from pg_backup_dagster_tests.faults.helpers import (
     assert_failed_naming,
@@ -50,7 +50,7 @@ SMALL_SQL = (
 @dataclass
 class S3World:
     source: SourceConfig
-    storage: S3Storage
+    storage: BackupRepository
     proxy: FaultProxy
     instance: dg.DagsterInstance
     small_dsn: str
@@ -94,17 +94,16 @@ def s3world(moto_endpoint, pg18, tmp_path_factory) -> Iterator[S3World]:
             )
             good = backup(source, instance)
             assert good.success, good.errors
-            full = next(
-                e for e in world.storage.read_manifest("s3bulk", good.backup_id)["files"] if e["tier"] == "full"
-            )
-            assert full["size"] > 5 * MiB, "the full dump must need a multipart upload"
+            full = world.storage.read_manifest("s3bulk", good.backup_id).entries("full")[0]
+            assert full.size > 5 * MiB, "the full dump must need a multipart upload"
             world.published.append(good.backup_id)
             yield world
 
 
 def _no_uploads_left(world: S3World) -> None:
-    client = world.storage.client
-    assert not client.list_multipart_uploads(Bucket=world.storage.bucket).get("Uploads"), "multipart not aborted"
+    store = world.storage.store
+    assert isinstance(store, S3Storage)
+    assert not store.client.list_multipart_uploads(Bucket=store.bucket).get("Uploads"), "multipart not aborted"
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,7 @@ import pytest
 
 from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.pg.local_server import LocalPostgres
-from pg_backup_dagster.storage import BackupStorage, open_storage
+from pg_backup_dagster.storage import BackupRepository, open_storage
 from pg_backup_dagster_tests.faults.helpers import (
     assert_failed_naming,
     assert_gc_cleans,
@@ -55,7 +55,7 @@ class World:
     server: LocalPostgres
     dsn: str
     source: SourceConfig
-    storage: BackupStorage
+    storage: BackupRepository
     instance: dg.DagsterInstance
     published: list[str] = field(default_factory=list)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import dagster as dg
 import pytest
 
-from pg_backup_dagster.storage import BackupStorage, open_storage
+from pg_backup_dagster.storage import BackupRepository, open_storage
 from pg_backup_dagster_tests.faults.helpers import (
     assert_gc_cleans,
     assert_only_published,
@@ -38,7 +38,7 @@ INSERT INTO app.items SELECT g, 'item ' || g FROM generate_series(1, 500) g;
 class Cli:
     env: dict[str, str]
     dsn: str
-    storage: BackupStorage
+    storage: BackupRepository
     published: list[str]
 
     def start(self, *args: str) -> subprocess.Popen[str]:

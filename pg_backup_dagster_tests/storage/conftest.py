@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from pg_backup_dagster.storage import BackupStorage, open_storage
+from pg_backup_dagster.storage import BackupRepository, open_storage
 
 
 @pytest.fixture(params=["local", "s3"])
-def make_storage(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., BackupStorage]:
+def make_storage(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., BackupRepository]:
     """Factory for either target kind, so behaviour both must share is tested on both."""
     if request.param == "local":
         return lambda **kw: open_storage(str(tmp_path / "target"), **kw)

@@ -12,7 +12,7 @@ import pytest
 from pg_backup_dagster.errors import BackupError, redact
 from pg_backup_dagster.storage import (
     IDENTITY_ENV,
-    BackupStorage,
+    BackupRepository,
     decrypt_file,
     encrypt_file,
     generate_identity,
@@ -45,20 +45,20 @@ def test_bad_keys_are_clear_errors(tmp_path: Path) -> None:
 
 
 def test_encrypted_backup_round_trip(
-    make_storage: Callable[..., BackupStorage], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    make_storage: Callable[..., BackupRepository], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     secret, public = generate_identity()
     storage = make_storage(recipients=[public])
     storage.publish(SOURCE, ID1, stage(storage))
 
     manifest = storage.read_manifest(SOURCE, ID1)
-    assert manifest["encryption"] == {"type": "age", "recipients": [public]}
-    by_path = {e["path"]: e for e in manifest["files"]}
+    assert manifest.model_dump(mode="json")["encryption"] == {"type": "age", "recipients": [public]}
+    by_path = {e["path"]: e for e in manifest.model_dump(mode="json")["files"]}
     roles = by_path["roles.sql"]
     assert roles["encrypted"] == "age" and roles["stored_path"] == "roles.sql.age"
     assert roles["plain_sha256"] == hashlib.sha256(FILES["roles.sql"]).hexdigest()
     assert roles["plain_size"] == len(FILES["roles.sql"]) and roles["size"] > roles["plain_size"]
-    with storage.open_file(SOURCE, ID1, "roles.sql.age") as fh:
+    with storage.store.open(f"{SOURCE}/{ID1}/roles.sql.age") as fh:
         stored = fh.read()
     assert hashlib.sha256(stored).hexdigest() == roles["sha256"] and FILES["roles.sql"] not in stored
     assert "encrypted" not in by_path["RESTORE.md"]  # instructions stay readable

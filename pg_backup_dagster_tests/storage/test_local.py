@@ -9,19 +9,18 @@ from pathlib import Path
 import pytest
 
 from pg_backup_dagster.errors import BackupError
-from pg_backup_dagster.storage import LocalStorage, open_storage
-from pg_backup_dagster.storage.local import LocalStorage as _Local
+from pg_backup_dagster.storage import BackupRepository, LocalStorage, open_storage
 from pg_backup_dagster_tests.storage.helpers import FILES, ID1, ID2, SOURCE, stage
 
 
 @pytest.fixture
-def storage(tmp_path: Path) -> LocalStorage:
+def storage(tmp_path: Path) -> BackupRepository:
     result = open_storage(str(tmp_path / "target"))
-    assert isinstance(result, LocalStorage)
+    assert isinstance(result.store, LocalStorage)
     return result
 
 
-def test_layout_manifest_and_latest_symlink(storage: LocalStorage, tmp_path: Path) -> None:
+def test_layout_manifest_and_latest_symlink(storage: BackupRepository, tmp_path: Path) -> None:
     staging = storage.staging_dir(SOURCE, ID1)
     assert staging == tmp_path / "target" / SOURCE / ".staging" / ID1
     url = storage.publish(SOURCE, ID1, stage(storage))
@@ -43,13 +42,13 @@ def test_layout_manifest_and_latest_symlink(storage: LocalStorage, tmp_path: Pat
     assert [p.name for p in (tmp_path / "target" / SOURCE).iterdir() if ".tmp-" in p.name] == []
 
 
-def test_fetch_unencrypted_returns_the_folder_itself(storage: LocalStorage, tmp_path: Path) -> None:
+def test_fetch_unencrypted_returns_the_folder_itself(storage: BackupRepository, tmp_path: Path) -> None:
     storage.publish(SOURCE, ID1, stage(storage))
     assert storage.fetch(SOURCE, ID1, tmp_path / "unused") == tmp_path / "target" / SOURCE / ID1
     assert not (tmp_path / "unused").exists()
 
 
-def test_rename_failure_leaves_no_backup(storage: LocalStorage, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rename_failure_leaves_no_backup(storage: BackupRepository, monkeypatch: pytest.MonkeyPatch) -> None:
     """Crash at the last step: the manifest exists only inside the hidden staging dir, nothing lists it."""
     storage.publish(SOURCE, ID1, stage(storage))
     manifest = stage(storage, ID2)
@@ -66,13 +65,13 @@ def test_rename_failure_leaves_no_backup(storage: LocalStorage, monkeypatch: pyt
         storage.publish(SOURCE, ID2, manifest)
     monkeypatch.undo()
     assert storage.list_backups(SOURCE) == [ID1]
-    assert not (storage.root / SOURCE / ID2).exists()
+    assert not (storage.store.root / SOURCE / ID2).exists()
     storage.publish(SOURCE, ID2, manifest)  # a retry from the same staging succeeds
     assert storage.list_backups(SOURCE) == [ID1, ID2]
 
 
 def test_half_deleted_backup_is_invisible_and_gc_finishes(
-    storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
+    storage: BackupRepository, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     storage.publish(SOURCE, ID1, stage(storage))
     monkeypatch.setattr("shutil.rmtree", lambda *a, **k: (_ for _ in ()).throw(OSError(5, "I/O error")))
@@ -80,10 +79,10 @@ def test_half_deleted_backup_is_invisible_and_gc_finishes(
         storage.delete_backup(SOURCE, ID1)
     monkeypatch.undo()
     assert storage.list_backups(SOURCE) == []
-    assert storage.gc(SOURCE, min_age=0) == [str(storage.root / SOURCE / ID1)]
+    assert storage.gc(SOURCE, min_age=0) == [str(storage.store.root / SOURCE / ID1)]
 
 
-def test_symlink_in_staging_is_refused(storage: LocalStorage, tmp_path: Path) -> None:
+def test_symlink_in_staging_is_refused(storage: BackupRepository, tmp_path: Path) -> None:
     manifest = stage(storage, files={"a.sql": b"1"})
     (storage.staging_dir(SOURCE, ID1) / "link.sql").symlink_to(tmp_path)
     with pytest.raises(BackupError, match="symlink"):
@@ -91,7 +90,7 @@ def test_symlink_in_staging_is_refused(storage: LocalStorage, tmp_path: Path) ->
 
 
 def test_open_storage_urls(tmp_path: Path) -> None:
-    assert isinstance(open_storage(f"file://{tmp_path}/t"), _Local)
+    assert isinstance(open_storage(f"file://{tmp_path}/t").store, LocalStorage)
     assert open_storage(f"file://{tmp_path}/t").url == str(tmp_path / "t")
     for bad, message in [
         ("", "empty"),

@@ -10,24 +10,23 @@ from typing import Any
 import pytest
 
 from pg_backup_dagster.errors import BackupError
-from pg_backup_dagster.storage import S3Storage, open_storage
-from pg_backup_dagster.storage.base import manifest_bytes
+from pg_backup_dagster.storage import BackupRepository, S3Storage, open_storage
 from pg_backup_dagster.storage.s3 import MAX_PARTS, MIN_PART_SIZE, MiB, choose_part_size
 from pg_backup_dagster_tests.storage.helpers import ID1, ID2, SOURCE, entry, stage
 
 BIG = "database_full.dump"
 
 
-def _storage(bucket: str, **kw: Any) -> S3Storage:
+def _storage(bucket: str, **kw: Any) -> BackupRepository:
     storage = open_storage(f"s3://{bucket}/pfx", **kw)
-    assert isinstance(storage, S3Storage)
+    assert isinstance(storage.store, S3Storage)
     return storage
 
 
-def _record(storage: S3Storage, event: str) -> list[dict[str, Any]]:
+def _record(storage: BackupRepository, event: str) -> list[dict[str, Any]]:
     """Parameters of every call of one S3 operation, in order (botocore event hook)."""
     calls: list[dict[str, Any]] = []
-    storage.client.meta.events.register(f"provide-client-params.s3.{event}", lambda params, **_: calls.append(params))
+    storage.store.client.meta.events.register(f"provide-client-params.s3.{event}", lambda params, **_: calls.append(params))
     return calls
 
 
@@ -58,11 +57,11 @@ def test_multipart_upload_sha256_matches_stored_object(bucket: str, s3_client: A
     assert len(parts) == 3
     assert puts[-1]["Key"].endswith(f"{SOURCE}/{ID1}/manifest.json")  # manifest written last
     manifest = storage.read_manifest(SOURCE, ID1)
-    big = next(e for e in manifest["files"] if e["path"] == BIG)
+    big = next(e for e in manifest.files if e.path == BIG)
     body = s3_client.get_object(Bucket=bucket, Key=f"pfx/{SOURCE}/{ID1}/{BIG}")["Body"].read()
-    assert big["sha256"] == hashlib.sha256(body).hexdigest() and big["size"] == len(body)
+    assert big.sha256 == hashlib.sha256(body).hexdigest() and big.size == len(body)
     head = s3_client.head_object(Bucket=bucket, Key=f"pfx/{SOURCE}/{ID1}/{BIG}")
-    assert head["Metadata"]["sha256"] == big["sha256"]
+    assert head["Metadata"]["sha256"] == big.sha256
     assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 
@@ -80,7 +79,7 @@ def test_upload_failing_midway_aborts_and_leaves_nothing(
             raise OSError("disk went away")
         return fh.read(size)
 
-    monkeypatch.setattr(storage, "_read_part", failing_read)
+    monkeypatch.setattr(storage.store, "_read_part", failing_read)
     with pytest.raises(OSError, match="disk went away"):
         storage.publish(SOURCE, ID2, manifest)
 
@@ -107,7 +106,7 @@ def test_verify_falls_back_to_download_without_server_checksum(bucket: str) -> N
     def strip_checksum(parsed: dict[str, Any], **_: Any) -> None:
         parsed.pop("ChecksumSHA256", None)
 
-    storage.client.meta.events.register("after-call.s3.HeadObject", strip_checksum)
+    storage.store.client.meta.events.register("after-call.s3.HeadObject", strip_checksum)
     gets = _record(storage, "GetObject")
     storage.publish(SOURCE, ID1, stage(storage, files={"roles.sql": b"abc"}))
     assert [g["Key"] for g in gets] == [f"pfx/{SOURCE}/{ID1}/roles.sql"]
@@ -119,10 +118,10 @@ def test_verify_detects_a_wrong_stored_object(bucket: str, monkeypatch: pytest.M
     def lying_head(parsed: dict[str, Any], **_: Any) -> None:
         parsed["ContentLength"] = parsed.get("ContentLength", 0) + 1
 
-    storage.client.meta.events.register("after-call.s3.HeadObject", lying_head)
+    storage.store.client.meta.events.register("after-call.s3.HeadObject", lying_head)
     with pytest.raises(BackupError, match="stored size"):
         storage.publish(SOURCE, ID1, stage(storage, files={"roles.sql": b"abc"}))
-    storage.client.meta.events.unregister("after-call.s3.HeadObject", lying_head)
+    storage.store.client.meta.events.unregister("after-call.s3.HeadObject", lying_head)
     assert storage.list_backups(SOURCE) == []
 
 
@@ -163,7 +162,7 @@ def test_layout_and_work_dir(bucket: str, s3_client: Any, tmp_path: Path) -> Non
         f"pfx/{SOURCE}/{ID1}/manifest.json",
         f"pfx/{SOURCE}/latest.json",
     ]
-    assert storage.read_manifest(SOURCE, ID1)["files"] == [entry("a/b.sql", b"1")]
+    assert storage.read_manifest(SOURCE, ID1).model_dump(mode="json")["files"] == [entry("a/b.sql", b"1")]
 
 
 def test_concurrent_publisher_loses_on_conditional_manifest_put(bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -175,4 +174,4 @@ def test_concurrent_publisher_loses_on_conditional_manifest_put(bucket: str, mon
     with pytest.raises(BackupError, match="appeared during publish"):
         storage.publish(SOURCE, ID1, manifest)
     assert storage.read_manifest(SOURCE, ID1) == first
-    storage._put_manifest(f"pfx/{SOURCE}/{ID1}/manifest.json", manifest_bytes(first))  # same bytes: ok
+    storage.store.put_manifest(f"pfx/{SOURCE}/{ID1}/manifest.json", first.to_bytes())  # same bytes: ok

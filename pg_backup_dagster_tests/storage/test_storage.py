@@ -9,21 +9,22 @@ from pathlib import Path
 import pytest
 
 from pg_backup_dagster.errors import BackupError
-from pg_backup_dagster.storage import BackupStorage, LocalStorage, S3Storage
+from pg_backup_dagster.storage import BackupRepository, LocalStorage, S3Storage
 from pg_backup_dagster_tests.storage.helpers import FILES, ID1, ID2, SOURCE, entry, read_all, stage
 
-StorageFactory = Callable[..., BackupStorage]
+StorageFactory = Callable[..., BackupRepository]
 
 
-def _write_raw(storage: BackupStorage, relkey: str, data: bytes) -> None:
+def _write_raw(storage: BackupRepository, relkey: str, data: bytes) -> None:
     """Put bytes at {target}/{relkey} behind the storage's back (orphans, garbage, corruption)."""
-    if isinstance(storage, LocalStorage):
-        path = storage.root / relkey
+    store = storage.store
+    if isinstance(store, LocalStorage):
+        path = store.root / relkey
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     else:
-        assert isinstance(storage, S3Storage)
-        storage.client.put_object(Bucket=storage.bucket, Key=storage._key_prefix + relkey, Body=data)
+        assert isinstance(store, S3Storage)
+        store.client.put_object(Bucket=store.bucket, Key=store._key_prefix + relkey, Body=data)
 
 
 def test_publish_then_list_read_fetch(make_storage: StorageFactory, tmp_path: Path) -> None:
@@ -35,9 +36,9 @@ def test_publish_then_list_read_fetch(make_storage: StorageFactory, tmp_path: Pa
     assert storage.list_backups(SOURCE) == [ID1]
     assert storage.list_sources() == [SOURCE]
     stored = storage.read_manifest(SOURCE, ID1)
-    assert stored["backup_id"] == ID1 and stored["format_version"] == 1
-    assert [e["path"] for e in stored["files"]] == sorted(FILES)
-    assert all(e["tier"] == "test" for e in stored["files"])  # caller's keys kept
+    assert stored.backup_id == ID1 and stored.format_version == 1
+    assert [e.path for e in stored.files] == sorted(FILES)
+    assert all(e.tier == "test" for e in stored.files)  # caller's keys kept
     assert read_all(storage, ID1, tmp_path / "fetched") == FILES
     assert not storage.staging_dir(SOURCE, ID1).exists()
 
@@ -45,9 +46,9 @@ def test_publish_then_list_read_fetch(make_storage: StorageFactory, tmp_path: Pa
 def test_undeclared_staged_files_are_added_to_manifest(make_storage: StorageFactory) -> None:
     storage = make_storage()
     manifest = stage(storage)
-    manifest["files"] = manifest["files"][:1]
+    manifest.files = manifest.files[:1]
     storage.publish(SOURCE, ID1, manifest)
-    paths = {e["path"]: e for e in storage.read_manifest(SOURCE, ID1)["files"]}
+    paths = {e["path"]: e for e in storage.read_manifest(SOURCE, ID1).model_dump(mode="json")["files"]}
     assert set(paths) == set(FILES)
     assert paths["RESTORE.md"] == {k: v for k, v in entry("RESTORE.md", FILES["RESTORE.md"]).items() if k != "tier"}
 
@@ -58,7 +59,8 @@ def test_publish_refuses_existing_id(make_storage: StorageFactory, tmp_path: Pat
     manifest = stage(storage, files={"roles.sql": b"other"})
     with pytest.raises(BackupError, match="already exists"):
         storage.publish(SOURCE, ID1, manifest)
-    fetched = storage.fetch_file(SOURCE, ID1, "roles.sql", tmp_path / "roles.sql")
+    roles = next(e for e in storage.read_manifest(SOURCE, ID1).files if e.path == "roles.sql")
+    fetched = storage.fetch_file(SOURCE, ID1, roles, tmp_path / "roles.sql")
     assert fetched.read_bytes() == FILES["roles.sql"]
 
 
@@ -88,7 +90,7 @@ def test_manifest_backup_id_must_match(make_storage: StorageFactory) -> None:
     storage = make_storage()
     manifest = stage(storage)
     with pytest.raises(BackupError, match="differs"):
-        storage.publish(SOURCE, ID1, dict(manifest, backup_id=ID2))
+        storage.publish(SOURCE, ID1, manifest.model_copy(update={"backup_id": ID2}))
 
 
 def test_read_manifest_garbage_and_missing(make_storage: StorageFactory) -> None:
@@ -157,7 +159,7 @@ def test_gc_removes_orphans_only(make_storage: StorageFactory) -> None:
     assert any(ID2 in item for item in removed)
     assert not storage.staging_dir(SOURCE, ID2).exists()
     assert storage.list_backups(SOURCE) == [ID1]
-    assert storage.read_manifest(SOURCE, ID1)["backup_id"] == ID1
+    assert storage.read_manifest(SOURCE, ID1).backup_id == ID1
     assert storage.gc(SOURCE, min_age=0) == []
 
 

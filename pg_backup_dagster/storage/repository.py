@@ -1,0 +1,333 @@
+"""The backup semantics, written once over any ObjectStore: layout, publish, latest.json, list, fetch, delete, gc.
+
+Layout: {source}/{backup_id}/… with manifest.json written last (a backup exists only once its manifest does),
+and {source}/latest.json pointing at the newest backup whose checks passed. A backup is assembled in a
+staging dir (`staging_dir`) and published from there; every reader looks at manifests and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from pg_backup_dagster.backup.manifest import (
+    ENCRYPTED_SUFFIX,
+    MANIFEST_NAME,
+    Encryption,
+    FileEntry,
+    Manifest,
+    parse_json_object,
+    parse_manifest,
+)
+from pg_backup_dagster.errors import BackupError
+from pg_backup_dagster.files import (
+    Digest,
+    atomic_path,
+    atomic_write,
+    copy_hashing,
+    is_old,
+    remove_path,
+    sha256_file,
+    staged_files,
+    temp_path,
+)
+from pg_backup_dagster.storage.base import FolderExists, ObjectStore, PendingFolder
+from pg_backup_dagster.storage.encryption import decrypt_file, encrypt_file
+
+log = logging.getLogger(__name__)
+
+LATEST_NAME = "latest.json"
+LATEST_LINK = "latest"
+ENCRYPTION_DIR = ".encrypted"
+# Files that hold no data and tell a person how to restore: they stay readable when encrypting.
+PLAINTEXT_FILES = frozenset({"RESTORE.md"})
+DEFAULT_GC_MIN_AGE = 3600.0
+
+_SEGMENT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.%-]*$")
+
+
+def check_segment(kind: str, name: str) -> str:
+    """A source name or backup id must be one plain path segment, so nothing can escape its prefix."""
+    if not isinstance(name, str) or not _SEGMENT_RE.match(name) or ".." in name:
+        raise BackupError(f"invalid {kind} {name!r}: use letters, digits, '_', '-', '.' (not leading)")
+    return name
+
+
+def planned_entries(staging: Path, declared: list[FileEntry]) -> list[FileEntry]:
+    """One entry per staged file: the caller's (with the hash taken at staging) kept, missing ones hashed now."""
+    on_disk = [path for path in staged_files(staging) if path != MANIFEST_NAME]
+    by_path: dict[str, FileEntry] = {}
+    for entry in declared:
+        if entry.path in by_path:
+            raise BackupError(f"manifest lists {entry.path!r} twice")
+        by_path[entry.path] = entry
+    missing = sorted(set(by_path) - set(on_disk))
+    if missing:
+        raise BackupError(f"manifest lists files missing from staging: {', '.join(missing[:5])}")
+    if not on_disk:
+        raise BackupError(f"nothing to publish: staging dir {staging} holds no files")
+    return [by_path.get(path) or _hashed_entry(staging, path) for path in on_disk]
+
+
+def _hashed_entry(staging: Path, path: str) -> FileEntry:
+    digest = sha256_file(staging / path)
+    return FileEntry(path=path, size=digest.size, sha256=digest.sha256)
+
+
+class BackupRepository:
+    """The backups of every source on one target."""
+
+    def __init__(self, store: ObjectStore, *, recipients: list[str] | None = None) -> None:
+        self.store = store
+        self.recipients = list(recipients) if recipients else None
+
+    @property
+    def url(self) -> str:
+        return self.store.url
+
+    def __repr__(self) -> str:
+        return f"BackupRepository({self.store!r})"
+
+    # --- layout --------------------------------------------------------------------------------------
+    @staticmethod
+    def _source_prefix(source: str) -> str:
+        return f"{check_segment('source', source)}/"
+
+    def _backup_prefix(self, source: str, backup_id: str) -> str:
+        return f"{self._source_prefix(source)}{check_segment('backup id', backup_id)}/"
+
+    def staging_dir(self, source: str, backup_id: str) -> Path:
+        """Where a backup is assembled before publish."""
+        return self.store.scratch_dir(self._source_prefix(source)) / check_segment("backup id", backup_id)
+
+    def backup_url(self, source: str, backup_id: str) -> str:
+        return self.store.location(self._backup_prefix(source, backup_id))
+
+    # --- reading -------------------------------------------------------------------------------------
+    def has_backup(self, source: str, backup_id: str) -> bool:
+        """True when the backup's manifest exists (the only definition of 'exists')."""
+        return self.store.exists(self._backup_prefix(source, backup_id) + MANIFEST_NAME)
+
+    def list_backups(self, source: str) -> list[str]:
+        """Ids of the source's backups that have a manifest, sorted (oldest first for UTC ids)."""
+        prefix = self._source_prefix(source)
+        return [
+            name
+            for name in self.store.list_children(prefix)
+            if not name.startswith(".") and self.store.exists(f"{prefix}{name}/{MANIFEST_NAME}")
+        ]
+
+    def list_sources(self) -> list[str]:
+        """Source names holding at least one backup or a latest.json."""
+        return [
+            name
+            for name in self.store.list_children("")
+            if _is_segment(name) and (self.store.exists(f"{name}/{LATEST_NAME}") or self.list_backups(name))
+        ]
+
+    def read_manifest(self, source: str, backup_id: str) -> Manifest:
+        """The validated manifest; BackupError if it is missing or unreadable."""
+        key = self._backup_prefix(source, backup_id) + MANIFEST_NAME
+        data = self.store.get_bytes(key)
+        if data is None:
+            raise BackupError(f"no backup {source}/{backup_id}: {self.store.location(key)} does not exist")
+        return parse_manifest(data, self.store.location(key))
+
+    def fetch_file(
+        self, source: str, backup_id: str, entry: FileEntry, dest: Path, *, identity: str | None = None
+    ) -> Path:
+        """One file of a published backup at dest, verified (and decrypted) against its manifest entry."""
+        self._fetch_entry(self._backup_prefix(source, backup_id), entry, Path(dest), identity)
+        return Path(dest)
+
+    def fetch(self, source: str, backup_id: str, dest_dir: Path, *, identity: str | None = None) -> Path:
+        """A verified, plaintext copy of a published backup; returns the folder holding it.
+
+        A local unencrypted backup is verified in place and its own folder returned (no copy).
+        """
+        manifest = self.read_manifest(source, backup_id)
+        prefix = self._backup_prefix(source, backup_id)
+        folder = self.store.local_path(prefix)
+        if folder is not None and not manifest.is_encrypted:
+            for entry in manifest.files:
+                found = sha256_file(folder / entry.path)
+                if found != Digest(entry.size, entry.sha256):
+                    raise BackupError(f"{folder / entry.path} is corrupt: sha256 {found.sha256} size {found.size} "
+                                      "differ from manifest")
+            return folder
+        dest_dir = Path(dest_dir)
+        for entry in manifest.files:
+            self._fetch_entry(prefix, entry, dest_dir / entry.path, identity)
+        atomic_write(dest_dir / MANIFEST_NAME, manifest.to_bytes())
+        return dest_dir
+
+    def _fetch_entry(self, prefix: str, entry: FileEntry, dest: Path, identity: str | None) -> None:
+        """Download under a temp name, verify size+sha256, decrypt if needed; dest is complete or absent."""
+        try:
+            if not entry.encrypted:
+                with atomic_path(dest) as tmp:
+                    self._download(prefix, entry, tmp)
+                return
+            sealed = temp_path(dest.with_name(dest.name + ENCRYPTED_SUFFIX))
+            try:
+                self._download(prefix, entry, sealed)
+                decrypt_file(sealed, dest, identity)
+            finally:
+                sealed.unlink(missing_ok=True)
+            if sha256_file(dest) != Digest(entry.plain_size or 0, entry.plain_sha256 or ""):
+                dest.unlink(missing_ok=True)
+                raise BackupError(f"{entry.path}: decrypted content does not match the manifest's plain_sha256")
+        except OSError as exc:
+            raise BackupError(f"cannot fetch {entry.path} to {dest}: {exc.strerror or exc}") from None
+
+    def _download(self, prefix: str, entry: FileEntry, dest: Path) -> None:
+        key = prefix + entry.stored
+        with self.store.open(key) as src:
+            found = copy_hashing(src, dest)
+        if found != Digest(entry.size, entry.sha256):
+            raise BackupError(
+                f"{self.store.location(key)}: stored copy is corrupt (size {found.size}, sha256 {found.sha256}; "
+                f"manifest says {entry.size}, {entry.sha256})"
+            )
+
+    # --- publish -------------------------------------------------------------------------------------
+    def publish(self, source: str, backup_id: str, manifest: Manifest) -> str:
+        """Store the staged files, verify them, then write manifest.json; returns the backup's URL.
+
+        Files keep the hash taken when they were staged (the manifest's): storage checks against it rather
+        than reading them again. Encrypted files are hashed once more, as what is stored is new bytes.
+        """
+        staging = self.staging_dir(source, backup_id)
+        url = self.backup_url(source, backup_id)
+        if self.has_backup(source, backup_id):
+            raise BackupError(f"backup {url} already exists; backups are immutable")
+        if not staging.is_dir():
+            raise BackupError(f"nothing staged for {source}/{backup_id} (expected {staging})")
+        if manifest.backup_id != backup_id:
+            raise BackupError(f"manifest backup_id {manifest.backup_id!r} differs from {backup_id!r}")
+        entries = planned_entries(staging, manifest.files)
+        pending = self.store.begin_folder(self._backup_prefix(source, backup_id))
+        try:
+            stored = [self._store_entry(pending, staging, entry) for entry in entries]
+            encryption = Encryption(recipients=self.recipients) if self.recipients else None
+            document = manifest.model_copy(
+                update={"files": sorted(stored, key=lambda e: e.path), "encryption": encryption}
+            )
+            pending.commit(MANIFEST_NAME, document.to_bytes())
+        except FolderExists:
+            pending.discard()
+            raise BackupError(f"backup {url} appeared during publish") from None
+        except BaseException:
+            pending.discard()
+            raise
+        shutil.rmtree(staging, ignore_errors=True)
+        return url
+
+    def _store_entry(self, pending: PendingFolder, staging: Path, entry: FileEntry) -> FileEntry:
+        """Store one staged file (its age encryption when recipients are set); returns its manifest entry."""
+        src = staging / entry.path
+        if not self.recipients or entry.path in PLAINTEXT_FILES:
+            pending.put_file(entry.path, src, Digest(entry.size, entry.sha256))
+            return entry
+        if src.stat().st_size != entry.size:
+            raise BackupError(f"{entry.path}: {src.stat().st_size} bytes on disk, {entry.size} when it was hashed")
+        stored_path = entry.path + ENCRYPTED_SUFFIX
+        sealed = staging / ENCRYPTION_DIR / stored_path
+        sealed.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            encrypt_file(src, sealed, self.recipients)
+            digest = sha256_file(sealed)
+            pending.put_file(stored_path, sealed, digest)
+        finally:
+            sealed.unlink(missing_ok=True)
+        return replace(
+            entry, size=digest.size, sha256=digest.sha256, encrypted="age", stored_path=stored_path,
+            plain_size=entry.size, plain_sha256=entry.sha256,
+        )
+
+    # --- latest --------------------------------------------------------------------------------------
+    def write_latest(self, source: str, backup_id: str, info: dict[str, Any]) -> None:
+        """Point latest.json (and, where the target has links, `latest`) at a published backup."""
+        if not self.has_backup(source, backup_id):
+            raise BackupError(f"cannot point latest at {self.backup_url(source, backup_id)}: no manifest")
+        payload = {**info, "backup_id": backup_id, "source": source}
+        prefix = self._source_prefix(source)
+        self.store.put_bytes(prefix + LATEST_NAME, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
+        self.store.link(prefix + LATEST_LINK, backup_id)
+
+    def read_latest(self, source: str) -> dict[str, Any] | None:
+        """latest.json of a source, or None if there is none yet."""
+        key = self._source_prefix(source) + LATEST_NAME
+        data = self.store.get_bytes(key)
+        return None if data is None else parse_json_object(data, self.store.location(key))
+
+    # --- delete, gc ----------------------------------------------------------------------------------
+    def delete_backup(self, source: str, backup_id: str) -> None:
+        """Delete one backup, manifest first so a half-deleted backup is never visible."""
+        prefix = self._backup_prefix(source, backup_id)
+        keys = {obj.key for obj in self.store.list_objects(prefix)}
+        if not keys:
+            raise BackupError(f"no backup {source}/{backup_id} at {self.backup_url(source, backup_id)}")
+        try:
+            if prefix + MANIFEST_NAME in keys:
+                self.store.delete_keys([prefix + MANIFEST_NAME])
+            self.store.delete_prefix(prefix)
+        except BackupError as exc:
+            raise BackupError(f"{exc} (gc will finish it)") from None
+
+    def gc(self, source: str, *, min_age: float = DEFAULT_GC_MIN_AGE, dry_run: bool = False) -> list[str]:
+        """Remove leftovers of failed runs untouched for min_age seconds; never a backup with a manifest.
+
+        Leftovers: staging dirs, folders without manifest (a failed publish, an interrupted delete), temp
+        files and pending folders of interrupted writes, unfinished uploads. With dry_run, only list them.
+        """
+        prefix = self._source_prefix(source)
+        cutoff = time.time() - min_age
+        removed = self._gc_staging(source, min_age, dry_run)
+        for name in self.store.list_children(prefix):
+            folder = f"{prefix}{name}/"
+            is_temp = name.startswith(".") and ".tmp-" in name
+            if not is_temp and (name.startswith(".") or self.store.exists(folder + MANIFEST_NAME)):
+                continue
+            objects = self.store.list_objects(folder)
+            if not objects or max(obj.modified for obj in objects) > cutoff:
+                continue
+            if not dry_run:
+                self.store.delete_prefix(folder)
+            removed.append(self.store.location(folder.rstrip("/")))
+        temp_files = [obj.key for obj in self.store.list_objects(prefix, recursive=False)
+                      if ".tmp-" in obj.key.rsplit("/", 1)[-1] and obj.modified <= cutoff]
+        if temp_files and not dry_run:
+            self.store.delete_keys(temp_files)
+        removed += [self.store.location(key) for key in temp_files]
+        for upload in self.store.unfinished_uploads(prefix):
+            if upload.started <= cutoff:
+                if not dry_run:
+                    self.store.abort_upload(upload)
+                removed.append(f"multipart upload {self.store.location(upload.key)}")
+        return removed
+
+    def _gc_staging(self, source: str, min_age: float, dry_run: bool) -> list[str]:
+        """Staging dirs of runs that never published."""
+        root = self.store.scratch_dir(self._source_prefix(source))
+        removed = []
+        for child in sorted(root.iterdir()) if root.is_dir() else []:
+            if is_old(child, min_age):
+                if not dry_run:
+                    remove_path(child)
+                removed.append(str(child))
+        return removed
+
+
+def _is_segment(name: str) -> bool:
+    try:
+        check_segment("source", name)
+    except BackupError:
+        return False
+    return True
