@@ -20,6 +20,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from pg_backup_dagster.errors import BackupError
 from pg_backup_dagster.retention.policy import RetentionPolicy
+from pg_backup_dagster.tiers.registry import TIER_NAMES as TIERS
 
 # Every environment variable the tool itself reads (libpq's PG* and boto3's AWS_* are theirs), by name.
 CONFIG_ENV = "PG_BACKUP_CONFIG"
@@ -41,7 +42,6 @@ def setting(name: str, env: Mapping[str, str] | None = None) -> str | None:
 DEFAULT_SCHEDULE = "0 3 * * *"  # the env-configured source: daily at 03:00 (its timezone, UTC by default)
 SOURCE_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
 PROFILES = ("plain", "supabase")
-TIERS = ("roles", "full", "schema", "table")
 
 
 @dataclass(frozen=True)

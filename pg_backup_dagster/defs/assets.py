@@ -11,19 +11,14 @@ from pg_backup_dagster.backup.dumps import app_name, dump_full_and_schemas, dump
 from pg_backup_dagster.backup.publish import publish_backup
 from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.constants import (
-    FULL_ASSET,
     MANIFEST_ASSET,
-    ROLES_ASSET,
-    SCHEMAS_ASSET,
-    TABLES_ASSET,
     postgres_key,
     target_key,
 )
 from pg_backup_dagster.defs.context import step_context
 from pg_backup_dagster.defs.metadata import dump_metadata, published_metadata, roles_metadata, table_tier_metadata
 from pg_backup_dagster.retention.apply import after_publish
-
-TIER_ASSETS = (("roles", ROLES_ASSET), ("full", FULL_ASSET), ("schema", SCHEMAS_ASSET), ("table", TABLES_ASSET))
+from pg_backup_dagster.tiers.registry import FULL, ROLES, SCHEMA, TABLE, tiers_of
 
 
 def asset_key(source: SourceConfig, name: str) -> dg.AssetKey:
@@ -41,24 +36,22 @@ def build_backup_assets(source: SourceConfig, partitions: dg.DynamicPartitionsDe
     common = {"partitions_def": partitions, "group_name": source.name, "required_resource_keys": resources}
     on_source = {**common, "pool": source.pool}
 
-    @dg.asset(key=asset_key(source, ROLES_ASSET), kinds={"postgres", "sql"},
-              description="Cluster roles (pg_dumpall --roles-only, no password hashes).", **on_source)
+    @dg.asset(key=asset_key(source, ROLES.asset), kinds={"postgres", "sql"}, description=ROLES.asset_description,
+              **on_source)
     def roles_sql(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         step = step_context(context, source)
         step.pg.server_major(app_name(step.backup_id, "roles"))
         dumped = dump_roles(step.pg, step.staging, source.profile)
         return dg.MaterializeResult(metadata=roles_metadata(step.staging, dumped))
 
-    schema_tier, table_tier = "schema" in source.tiers, "table" in source.tiers
-    specs = [dg.AssetSpec(asset_key(source, FULL_ASSET), kinds={"postgres"},
-                          description="Whole database, pg_dump custom format, from the backup's snapshot.")]
+    schema_tier, table_tier = SCHEMA.name in source.tiers, TABLE.name in source.tiers
+    specs = [dg.AssetSpec(asset_key(source, FULL.asset), kinds={"postgres"}, description=FULL.asset_description)]
     if schema_tier:
-        specs.append(dg.AssetSpec(asset_key(source, SCHEMAS_ASSET), kinds={"postgres"},
-                                  description="One custom-format archive per user schema, from the same snapshot."))
+        specs.append(dg.AssetSpec(asset_key(source, SCHEMA.asset), kinds={"postgres"},
+                                  description=SCHEMA.asset_description))
     if table_tier:  # split while pg_dump writes the full archive, so it is made in the same step
-        specs.append(dg.AssetSpec(asset_key(source, TABLES_ASSET), deps=[asset_key(source, FULL_ASSET)], kinds={"sql"},
-                                  description="Per-table schema.sql/data.sql/post.sql/fk.sql split from the full "
-                                  "archive while pg_dump writes it."))
+        specs.append(dg.AssetSpec(asset_key(source, TABLE.asset), deps=[asset_key(source, FULL.asset)], kinds={"sql"},
+                                  description=TABLE.asset_description))
 
     @dg.multi_asset(name=f"{source.name}_dumps", specs=specs, **on_source)
     def dumps(context: dg.AssetExecutionContext):
@@ -68,15 +61,15 @@ def build_backup_assets(source: SourceConfig, partitions: dg.DynamicPartitionsDe
                                                schema_tier=schema_tier, table_tier=table_tier)
         step.staging.save(result)
         full_meta, schema_meta = dump_metadata(result)
-        yield dg.MaterializeResult(asset_key=asset_key(source, FULL_ASSET), metadata=full_meta)
+        yield dg.MaterializeResult(asset_key=asset_key(source, FULL.asset), metadata=full_meta)
         if schema_tier:
-            yield dg.MaterializeResult(asset_key=asset_key(source, SCHEMAS_ASSET), metadata=schema_meta)
+            yield dg.MaterializeResult(asset_key=asset_key(source, SCHEMA.asset), metadata=schema_meta)
         if tables is not None:
             step.staging.save(tables)
-            yield dg.MaterializeResult(asset_key=asset_key(source, TABLES_ASSET), metadata=table_tier_metadata(tables))
+            yield dg.MaterializeResult(asset_key=asset_key(source, TABLE.asset), metadata=table_tier_metadata(tables))
 
-    chosen = {"roles": roles_sql, "full": dumps}
-    tier_keys = [asset_key(source, name) for tier, name in TIER_ASSETS if tier in source.tiers]
+    chosen = {ROLES.name: roles_sql, FULL.name: dumps}
+    tier_keys = [asset_key(source, tier.asset) for tier in tiers_of(source.tiers)]
 
     @dg.asset(key=asset_key(source, MANIFEST_ASSET), deps=tier_keys, kinds={"json"},
               description="Checksums of every file; published last, then latest.json moves.", **common)

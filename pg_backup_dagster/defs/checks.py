@@ -5,16 +5,13 @@ latest.json stays on the previous good backup.
 """
 
 import warnings
+from collections.abc import Callable
 
 import dagster as dg
 
 from pg_backup_dagster.backup.step import StepContext
 from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.constants import (
-    FULL_ASSET,
-    ROLES_ASSET,
-    SCHEMAS_ASSET,
-    TABLES_ASSET,
     postgres_key,
     target_key,
 )
@@ -22,6 +19,7 @@ from pg_backup_dagster.defs.assets import asset_key
 from pg_backup_dagster.defs.context import step_context
 from pg_backup_dagster.defs.metadata import row_counts_table
 from pg_backup_dagster.pg.profiles import get_profile
+from pg_backup_dagster.tiers.registry import FULL, ROLES, SCHEMA, TABLE, Tier, tiers_of
 from pg_backup_dagster.verify import tiers as verify_tiers
 
 
@@ -58,35 +56,27 @@ def _backup_checks(
     resources = {postgres_key(source), target_key(source)}
     # no pool: checks never touch the source
     common = {"blocking": True, "required_resource_keys": resources, "partitions_def": partitions}
+    return [_tier_check(source, tier, common) for tier in tiers_of(source.tiers)]
 
-    @dg.asset_check(asset=asset_key(source, FULL_ASSET), name="full_dump_restores",
-                    description="pg_restore -j into a throwaway database; exact row counts equal dump time.", **common)
-    def full_dump_restores(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        step = step_context(context, source)
-        outcome = verify_tiers.check_full_restore(step, source, source.restore_url(), stub_roles(source))
-        return _result(context, step, "full_dump_restores", outcome)
 
-    @dg.asset_check(asset=asset_key(source, SCHEMAS_ASSET), name="schema_dumps_complete",
-                    description="Every user schema has a readable archive, and nothing extra.", **common)
-    def schema_dumps_complete(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        step = step_context(context, source)
-        return _result(context, step, "schema_dumps_complete", verify_tiers.check_schema_archives(step))
-
-    @dg.asset_check(asset=asset_key(source, TABLES_ASSET), name="table_dumps_restore",
-                    description="Every table has its files; each restores its exact rows into a scratch db.", **common)
-    def table_dumps_restore(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        step = step_context(context, source)
-        outcome = verify_tiers.check_table_files(step, source.restore_url(), source.table_check_sample,
-                                                 stub_roles(source))
-        return _result(context, step, "table_dumps_restore", outcome)
-
-    @dg.asset_check(asset=asset_key(source, ROLES_ASSET), name="roles_sql_loadable",
-                    description="roles.sql present, without password hashes, and loads into a scratch server.",
+def _tier_check(source: SourceConfig, tier: Tier, common: dict) -> dg.AssetChecksDefinition:
+    @dg.asset_check(asset=asset_key(source, tier.asset), name=tier.check, description=tier.check_description,
                     **common)
-    def roles_sql_loadable(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    def _check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         step = step_context(context, source)
-        return _result(context, step, "roles_sql_loadable", verify_tiers.check_roles_file(step))
+        return _result(context, step, tier.check, RUN_CHECK[tier.name](step, source))
 
-    by_tier = {"full": full_dump_restores, "schema": schema_dumps_complete, "table": table_dumps_restore,
-               "roles": roles_sql_loadable}
-    return [check for tier, check in by_tier.items() if tier in source.tiers]
+    return _check
+
+
+# What each tier's check proves lives in verify/tiers.py; this maps a tier to it.
+RUN_CHECK: dict[str, Callable[[StepContext, SourceConfig], verify_tiers.CheckOutcome]] = {
+    ROLES.name: lambda step, source: verify_tiers.check_roles_file(step),
+    FULL.name: lambda step, source: verify_tiers.check_full_restore(
+        step, source, source.restore_url(), stub_roles(source)
+    ),
+    SCHEMA.name: lambda step, source: verify_tiers.check_schema_archives(step),
+    TABLE.name: lambda step, source: verify_tiers.check_table_files(
+        step, source.restore_url(), source.table_check_sample, stub_roles(source)
+    ),
+}

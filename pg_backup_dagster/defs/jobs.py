@@ -23,6 +23,7 @@ from pg_backup_dagster.defs.resources import BackupTargetResource
 from pg_backup_dagster.errors import BackupError
 from pg_backup_dagster.restore.run import TARGET_ENV, RestoreRequest, parse_table_name, restore_backup
 from pg_backup_dagster.retention.apply import run_retention
+from pg_backup_dagster.tiers.registry import TIER_NAMES
 
 
 def build_backup_job(source: SourceConfig):
@@ -77,7 +78,7 @@ class RestoreConfig(dg.Config):
     """What to restore; `objects` are schema names for tier `schema`, SCHEMA.TABLE for tier `table`."""
 
     backup_id: str = Field(default="latest", description="Backup id, or 'latest'.")
-    tier: Literal["full", "schema", "table", "roles"] = Field(default="full")
+    tier: Literal[TIER_NAMES] = Field(default="full")  # type: ignore[valid-type]  # the registry names them
     objects: list[str] = Field(default_factory=list, description='Schemas, or SCHEMA.TABLE ("a.b"."c" for dots).')
     target_env: str = Field(default=TARGET_ENV, description="Environment variable holding the target database URL.")
     clean: bool = Field(default=False, description="Drop objects before recreating them (full and schema tiers).")

@@ -11,9 +11,8 @@ from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.errors import BackupError, one_line
 from pg_backup_dagster.pg.tools import find_tools
 from pg_backup_dagster.restore.run import open_backup, work_dir
+from pg_backup_dagster.tiers.registry import ARCHIVE_TIERS
 from pg_backup_dagster.verify.test_restore import RestoreReport, restore_and_compare
-
-ARCHIVE_TIERS = ("full", "schema")
 
 
 @dataclass
