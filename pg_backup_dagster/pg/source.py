@@ -168,16 +168,3 @@ def _failed_while_connecting(message: str) -> bool:
     """pg tools prefix connection failures this way; a failure later in a dump is not retried blindly."""
     lowered = message.lower()
     return "connection to server" in lowered or "could not connect" in lowered or "too many clients" in lowered
-
-
-def _exit_cause(returncode: int) -> str:
-    """What to say when a tool died without a word (killed by a signal: OOM killer, operator, timeout)."""
-    if returncode < 0:
-        return f"killed by signal {signal.Signals(-returncode).name}"
-    return f"exited with status {returncode} without an error message"
-
-
-def _failed_while_connecting(message: str) -> bool:
-    """pg tools prefix connection failures this way; a failure later in a dump is not retried blindly."""
-    lowered = message.lower()
-    return "connection to server" in lowered or "could not connect" in lowered or "too many clients" in lowered
