@@ -80,8 +80,8 @@ def conflicting_objects(dsn: str, archive: Path) -> list[str]:
     (or, with pg_restore going on past errors, appends rows to the old ones)."""
     try:
         toc = read_archive(archive)
-    except (UnsupportedArchive, OSError, ValueError) as exc:
-        raise BackupError(f"cannot read the table of contents of {archive.name}: {exc}") from None
+    except (UnsupportedArchive, OSError, ValueError):
+        return _any_user_relation(dsn)  # a TOC this reader does not know: any existing relation may conflict
     wanted: dict[str, list[tuple[str, str]]] = {"relation": [], "type": [], "routine": [], "schema": []}
     for entry in toc.entries:
         tag = (entry.tag or b"").decode("utf-8", errors="replace")
@@ -115,6 +115,15 @@ def conflicting_objects(dsn: str, archive: Path) -> list[str]:
         ).fetchall())
         found += [f"routine {quote_ident(r[0])}.{r[1]}" for r in wanted["routine"] if r in routines]
     return found
+
+
+def _any_user_relation(dsn: str) -> list[str]:
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=30) as conn:
+        rows = conn.execute(
+            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            f"WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND {SYSTEM_SCHEMA_FILTER} ORDER BY 1, 2"
+        ).fetchall()
+    return [f"relation {quote_ident(*r)}" for r in rows]
 
 
 def conflict_message(what: str, found: list[str], clean_hint: str) -> str:
