@@ -61,10 +61,34 @@ def restore(
         list[str] | None, typer.Option("--table", help='SCHEMA.TABLE, exact names; quote dots: "a.b"."c" (repeatable).')
     ] = None,
     clean: Annotated[
-        bool, typer.Option("--clean", help="Drop objects before recreating them (pg_restore tiers).")
+        bool,
+        typer.Option(
+            "--clean",
+            help="Replace what the target holds. Whole database: restore into a new database, check its row "
+            "counts, then switch it in under the target's name (the target is untouched if anything fails). "
+            "Schema: drop and recreate its objects in one transaction.",
+        ),
+    ] = False,
+    old_database: Annotated[
+        str,
+        typer.Option(
+            "--old-database",
+            help="With --clean of the whole database: 'keep' the replaced database as <name>_before_<backup_id> "
+            "(default) or 'drop' it after the switch.",
+        ),
+    ] = "keep",
+    terminate_sessions: Annotated[
+        bool,
+        typer.Option(
+            "--terminate-sessions",
+            help="With --clean of the whole database: terminate other sessions on the target before the switch "
+            "(by default the restore refuses, naming them).",
+        ),
     ] = False,
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="Parallel pg_restore jobs.")] = 2,
-    create_db: Annotated[bool, typer.Option("--create-db", help="Create the target database first.")] = False,
+    create_db: Annotated[
+        bool, typer.Option("--create-db", help="Create the target database first (dropped again if the restore fails).")
+    ] = False,
     force: Annotated[bool, typer.Option("--force", help="Allow restoring into the source database itself.")] = False,
 ) -> None:
     """Restore a backup, whole or by tier, into a database (PG_BACKUP_RESTORE_TO or --to)."""
@@ -86,6 +110,8 @@ def restore(
         jobs=jobs,
         create_db=create_db,
         force=force,
+        old_database=old_database,
+        terminate_sessions=terminate_sessions,
     )
     result = restore_backup(chosen, request, log=lambda msg: typer.echo(msg, err=True))
     typer.echo(f"restored backup {result.backup_id} of '{result.source}' into {result.target} in {result.seconds:.1f}s")

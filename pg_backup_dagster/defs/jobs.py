@@ -81,7 +81,17 @@ class RestoreConfig(dg.Config):
     tier: Literal[TIER_NAMES] = Field(default="full")  # type: ignore[valid-type]  # the registry names them
     objects: list[str] = Field(default_factory=list, description='Schemas, or SCHEMA.TABLE ("a.b"."c" for dots).')
     target_env: str = Field(default=TARGET_ENV, description="Environment variable holding the target database URL.")
-    clean: bool = Field(default=False, description="Drop objects before recreating them (full and schema tiers).")
+    clean: bool = Field(
+        default=False,
+        description="Full tier: restore into a new database and switch it in once checked; schema tier: drop and "
+        "recreate in one transaction.",
+    )
+    old_database: Literal["keep", "drop"] = Field(
+        default="keep", description="With clean (full tier): keep the replaced database as <name>_before_<id>, or drop it."
+    )
+    terminate_sessions: bool = Field(
+        default=False, description="With clean (full tier): terminate other sessions on the target before the switch."
+    )
     jobs: int = Field(default=2, description="Parallel pg_restore jobs.")
     create_db: bool = Field(default=False, description="Create the target database first.")
     force: bool = Field(default=False, description="Allow restoring into the source database itself.")
@@ -102,6 +112,8 @@ class RestoreConfig(dg.Config):
             jobs=self.jobs,
             create_db=self.create_db,
             force=self.force,
+            old_database=self.old_database,
+            terminate_sessions=self.terminate_sessions,
         )
 
 

@@ -27,8 +27,17 @@ from pg_backup_dagster.pg.tools import PgTools, find_tools
 from pg_backup_dagster.restore.roles import restore_roles_file
 from pg_backup_dagster.restore.runner import pg_restore
 from pg_backup_dagster.restore.tables import restore_tables
+from pg_backup_dagster.restore.target import (
+    OLD_DATABASE_CHOICES,
+    conflict_message,
+    conflicting_objects,
+    database_name,
+    drop_database,
+    replace_database,
+)
 from pg_backup_dagster.storage import BackupRepository, open_source_storage
 from pg_backup_dagster.tiers.table_split import TableDump
+from pg_backup_dagster.verify.test_restore import restored_counts
 
 TARGET_ENV = RESTORE_TO_ENV
 TIERS = ("full", "schema", "table", "roles")
@@ -89,6 +98,8 @@ class RestoreRequest:
     jobs: int = 2
     create_db: bool = False
     force: bool = False
+    old_database: str = "keep"
+    terminate_sessions: bool = False
 
     @property
     def tiers(self) -> list[str]:
@@ -106,6 +117,11 @@ class RestoreRequest:
             raise BackupError(f"--jobs {self.jobs}: must be between 1 and 64")
         if self.clean and self.tables:
             raise BackupError("--clean applies to pg_restore tiers (full, schema); drop or rename the tables first")
+        if self.old_database not in OLD_DATABASE_CHOICES:
+            raise BackupError(f"--old-database {self.old_database!r}: expected keep or drop")
+        switching = self.clean and "full" in self.tiers and not self.create_db
+        if (self.old_database != "keep" or self.terminate_sessions) and not switching:
+            raise BackupError("--old-database and --terminate-sessions apply to --clean of the whole database")
 
 
 @dataclass
@@ -282,10 +298,92 @@ def _schema_entry(backup: OpenedBackup, schema: str) -> FileEntry:
     raise BackupError(f"schema {schema!r} is not in backup {backup.backup_id} (schemas: {known})")
 
 
+def _check_counts(backup: OpenedBackup, dsn: str) -> None:
+    """Every table of the manifest holds exactly the rows it had at dump time, else a one-line error."""
+    expected = [{"schema": t.schema, "table": t.table, "rows": t.rows} for t in backup.manifest.tables]
+    differing = [r for r in restored_counts(dsn, expected) if r["expected"] != r["restored"]]
+    if differing:
+        shown = ", ".join(
+            f"{quote_ident(r['schema'], r['table'])} (expected {r['expected']}, restored {r['restored']})"
+            for r in differing[:5]
+        )
+        raise BackupError(f"the restored database differs from the backup's row counts: {shown}")
+
+
+def _restore_full(
+    backup: OpenedBackup, request: RestoreRequest, tools: PgTools, major: int, work: Path, result: RestoreResult,
+    *, created: bool, log: Callable[[str], None],
+) -> None:
+    """The whole database: into a database we just created (-j, checked, dropped on failure by the caller),
+    into an existing one by the safe switch (--clean), or into an existing one that holds none of the
+    backup's objects in one transaction (all or nothing)."""
+    rel = backup.manifest.entries("full")[0].path
+    archive = backup.fetch(rel, work)
+
+    def restore_into(dsn: str, *, single: bool) -> None:
+        result.notes.extend(pg_restore(
+            tools, archive, dsn, jobs=request.jobs, clean=False, server_major=major, single_transaction=single
+        ))
+
+    if created:
+        restore_into(request.target_dsn, single=False)
+        _check_counts(backup, request.target_dsn)
+        result.steps.append(f"full database from {rel} (row counts match the manifest)")
+    elif request.clean:
+        result.notes += replace_database(
+            request.target_dsn,
+            backup.backup_id,
+            lambda dsn: restore_into(dsn, single=False),
+            lambda dsn: _check_counts(backup, dsn),
+            old_database=request.old_database,
+            terminate_sessions=request.terminate_sessions,
+            log=log,
+        )
+        result.steps.append(
+            f"full database from {rel} into a new database, row counts checked, switched in under the target's name"
+        )
+    else:
+        conflicts = conflicting_objects(request.target_dsn, archive)
+        if conflicts:
+            raise BackupError(conflict_message(
+                f"the target database {database_name(request.target_dsn)!r}", conflicts,
+                "Pass --clean to restore into a new database and switch it in once complete (the current one is "
+                "kept as <name>_before_<backup_id>), or restore into an empty database.",
+            ))
+        restore_into(request.target_dsn, single=True)
+        result.steps.append(f"full database from {rel} (one transaction)")
+
+
+def _restore_schemas(
+    backup: OpenedBackup, request: RestoreRequest, tools: PgTools, major: int, work: Path, result: RestoreResult,
+    entries: list[FileEntry],
+) -> None:
+    """Each schema archive in one transaction; without --clean, a schema whose objects exist stops everything
+    before anything is written."""
+    archives = [(entry, backup.fetch(entry.path, work)) for entry in entries]
+    if not request.clean:
+        for entry, archive in archives:
+            conflicts = conflicting_objects(request.target_dsn, archive)
+            if conflicts:
+                raise BackupError(conflict_message(
+                    f"the target (schema {entry.schema!r})", conflicts,
+                    "Pass --clean to drop and recreate them (in one transaction), or restore into another database.",
+                ))
+    for entry, archive in archives:
+        result.notes += pg_restore(
+            tools, archive, request.target_dsn, jobs=request.jobs, clean=request.clean, server_major=major,
+            single_transaction=True,
+        )
+        result.steps.append(f"schema {entry.schema!r} from {entry.path} (one transaction)")
+
+
 def restore_backup(
     source: SourceConfig, request: RestoreRequest, log: Callable[[str], None] = lambda _: None
 ) -> RestoreResult:
-    """Restore the requested tiers of a published backup into request.target_dsn."""
+    """Restore the requested tiers of a published backup into request.target_dsn.
+
+    Each tier is all or nothing (see the tier functions); a database created by --create-db is dropped again
+    when anything fails, so a failed restore leaves the target as it was."""
     request.validate()
     register_secret(conninfo_to_dict(request.target_dsn).get("password"))
     started = time.monotonic()
@@ -295,45 +393,40 @@ def restore_backup(
         source_dsn = source.database_url()
         if note := check_not_source(request.target_dsn, source_dsn):
             result.notes.append(note)
+    schema_entries = [_schema_entry(backup, s) for s in dict.fromkeys(request.schemas)]
+    tools = find_tools(source.pg_bin)
+    created = False
     if request.create_db:
         create_target_database(request.target_dsn)
+        created = True
         result.steps.append(f"created database {conninfo_to_dict(request.target_dsn).get('dbname')}")
-    schema_entries = [_schema_entry(backup, s) for s in dict.fromkeys(request.schemas)]
-    major = server_major_at(request.target_dsn)
-    if major < backup.manifest.server_major:
-        result.notes.append(f"target runs PostgreSQL {major}, older than the source's {backup.manifest.server_major}")
-    tools = find_tools(source.pg_bin)
-    with work_dir() as tmp:
-        work = Path(tmp)
-        for tier in request.tiers:
-            log(f"restoring the {tier} tier of {backup.backup_id} into {result.target}")
-            if tier == "roles":
-                tolerated = restore_roles_file(tools, backup.fetch("roles.sql", work), request.target_dsn, major)
-                result.steps.append(f"roles ({len(tolerated)} already existed)")
-                result.notes += tolerated
-            elif tier == "full":
-                archive = backup.manifest.entries("full")[0].path
-                result.notes += pg_restore(
-                    tools,
-                    backup.fetch(archive, work),
-                    request.target_dsn,
-                    jobs=request.jobs,
-                    clean=request.clean,
-                    server_major=major,
-                )
-                result.steps.append(f"full database from {archive}")
-            elif tier == "schema":
-                for entry in schema_entries:
-                    result.notes += pg_restore(
-                        tools,
-                        backup.fetch(entry.path, work),
-                        request.target_dsn,
-                        jobs=request.jobs,
-                        clean=request.clean,
-                        server_major=major,
-                    )
-                    result.steps.append(f"schema {entry.schema!r} from {entry.path}")
-            else:
-                _restore_tables(backup, request, tools, major, work, result)
+    try:
+        major = server_major_at(request.target_dsn)
+        if major < backup.manifest.server_major:
+            result.notes.append(
+                f"target runs PostgreSQL {major}, older than the source's {backup.manifest.server_major}"
+            )
+        with work_dir() as tmp:
+            work = Path(tmp)
+            for tier in request.tiers:
+                log(f"restoring the {tier} tier of {backup.backup_id} into {result.target}")
+                if tier == "roles":
+                    loaded = restore_roles_file(tools, backup.fetch("roles.sql", work), request.target_dsn, major)
+                    result.steps.append(f"roles ({len(loaded.existing)} already existed, one transaction)")
+                    result.notes += loaded.notes
+                elif tier == "full":
+                    _restore_full(backup, request, tools, major, work, result, created=created, log=log)
+                elif tier == "schema":
+                    _restore_schemas(backup, request, tools, major, work, result, schema_entries)
+                else:
+                    _restore_tables(backup, request, tools, major, work, result)
+    except BaseException as exc:
+        if created:
+            name = database_name(request.target_dsn)
+            problem = drop_database(request.target_dsn, name)
+            if isinstance(exc, BackupError):
+                what = f"could not drop it: {problem}" if problem else "dropped it again"
+                raise BackupError(f"{exc} (database {name} was created by --create-db: {what})") from None
+        raise
     result.seconds = time.monotonic() - started
     return result

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from pg_backup_dagster.errors import BackupError, one_line, redact
 from pg_backup_dagster.pg.conninfo import child_env
 from pg_backup_dagster.pg.sql_script import copy_compatible
 from pg_backup_dagster.pg.tools import PgTools
+from pg_backup_dagster.restore.guard import restrict_lines
 from pg_backup_dagster.tiers.archive import TocEntry, parse_toc
 
 _PG_RESTORE_ERROR = re.compile(r"^pg_restore: error: (.*)$", re.M)
@@ -118,67 +120,106 @@ def run_pg_restore(
 
 
 # pg_restore --clean drops a partition's inherited primary key before its parent's, which PostgreSQL refuses;
-# dropping the parent's key right after removes it anyway, so this one error of the drop phase is harmless.
+# dropping the parent's key right after removes it anyway, so this one error of the drop phase is harmless
+# (when the restore is not one transaction: inside one, any error rolls everything back).
 _HARMLESS_CLEAN_ERRORS = ("cannot drop inherited constraint",)
 
 
-def pg_restore(tools: PgTools, archive: Path, dsn: str, *, jobs: int, clean: bool, server_major: int) -> list[str]:
-    """pg_restore without owners or grants (the target's roles may differ); returns the harmless errors of --clean.
+def exit_text(program: str, returncode: int) -> str:
+    """How a program ended, for an error message: `pg_restore killed by SIGKILL`, `psql exited with 3`."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"{program} killed by {name}"
+    return f"{program} exited with {returncode}"
 
-    Without --clean the restore stops at the first error. With it, pg_restore must go on past the known
-    harmless drop error, so every error is read and any other one fails the restore. A target older than
-    pg_restore gets the archive as SQL through the compatibility filter and psql (pg_restore 18 sends
-    `SET transaction_timeout` even to servers that do not know it), in one transaction unless --clean.
+
+def pg_restore(
+    tools: PgTools, archive: Path, dsn: str, *, jobs: int, clean: bool, server_major: int,
+    single_transaction: bool = False,
+) -> list[str]:
+    r"""pg_restore without owners or grants (the target's roles may differ); returns the harmless errors of --clean.
+
+    The restore stops at the first error, except that a --clean restore outside a transaction must go on past
+    the known harmless drop error (then every error is read and any other one fails the restore).
+    `single_transaction` makes it all or nothing (and serial). A target older than pg_restore gets the
+    archive as SQL through the compatibility filter and psql (pg_restore 18 sends `SET transaction_timeout`
+    even to servers that do not know it), always in one transaction, guarded by our own `\restrict`.
     """
     options = ["--no-owner", "--no-privileges", *(["--clean", "--if-exists"] if clean else [])]
+    tolerant = clean and not single_transaction
     if server_major < tools.major:
-        returncode, stderr = _pg_restore_through_psql(tools, archive, dsn, options, clean, server_major)
+        returncode, stderr, program = _pg_restore_through_psql(tools, archive, dsn, options, server_major)
+        tolerant = False
     else:
-        # --clean keeps one pass, so its drops stay in dependency order
-        passes = contextlib.nullcontext([[f"--jobs={jobs}"]]) if clean else restore_passes(tools, archive, jobs)
+        program = "pg_restore"
+        if single_transaction:
+            passes: AbstractContextManager[list[list[str]]] = contextlib.nullcontext([["--single-transaction"]])
+        elif clean:  # --clean keeps one pass, so its drops stay in dependency order
+            passes = contextlib.nullcontext([[f"--jobs={jobs}"]])
+        else:
+            passes = restore_passes(tools, archive, jobs)
         returncode, stderr = run_pg_restore(
-            tools, archive, dsn, [*options, *([] if clean else ["--exit-on-error"])], passes,
-            stop_after_failed_pass=not clean,
+            tools, archive, dsn, [*options, *([] if tolerant else ["--exit-on-error"])], passes,
+            stop_after_failed_pass=not tolerant,
         )
-    errors = [ln for ln in stderr.splitlines() if "error:" in ln or "ERROR:" in ln]
-    harmless = [e for e in errors if clean and any(h in e for h in _HARMLESS_CLEAN_ERRORS)]
+    errors = [ln for ln in stderr.splitlines() if "error:" in ln or "ERROR:" in ln or "FATAL:" in ln]
+    harmless = [e for e in errors if tolerant and any(h in e for h in _HARMLESS_CLEAN_ERRORS)]
     harmful = [e for e in errors if e not in harmless]
     if harmful or (returncode != 0 and not harmless):
-        detail = " ".join(harmful[:3]) or stderr
+        cause = [exit_text(program, returncode)] if returncode < 0 else []
+        detail = " ".join([*cause, *harmful[:3]]) or one_line(stderr) or exit_text(program, returncode)
         raise BackupError(f"pg_restore of {archive.name} failed: {one_line(redact(detail))}")
     return [one_line(e) for e in harmless]
 
 
 def _pg_restore_through_psql(
-    tools: PgTools, archive: Path, dsn: str, options: list[str], clean: bool, server_major: int
-) -> tuple[int, str]:
-    """pg_restore -f - | copy_compatible | psql: (exit code, both programs' stderr). Data is never buffered."""
+    tools: PgTools, archive: Path, dsn: str, options: list[str], server_major: int
+) -> tuple[int, str, str]:
+    r"""pg_restore -f - | copy_compatible | psql, in one transaction, stopping at the first error, under our own
+    `\restrict`: (exit code, both programs' stderr, the program that failed). Data is never buffered.
+
+    The archive's own `\restrict` lines are dropped (older psql rejects them) and ours replaces them, so a
+    meta-command inside a TOC entry (`\! cmd`) is refused by psql instead of run."""
     safe, env = child_env(dsn)
-    single = [] if clean else ["--single-transaction"]
-    stop = [] if clean else ["-v", "ON_ERROR_STOP=1"]
+    psql = tools.path("psql")
+    head, tail = restrict_lines(psql)
     with tempfile.TemporaryFile() as dump_err, tempfile.TemporaryFile() as load_err:
         dump = subprocess.Popen(
-            [tools.path("pg_restore"), *options, *single, "-f", "-", str(archive)],
+            [tools.path("pg_restore"), *options, "--single-transaction", "-f", "-", str(archive)],
             stdout=subprocess.PIPE,
             stderr=dump_err,
         )
         load = subprocess.Popen(
-            [tools.path("psql"), "-X", "-q", *stop, "-o", os.devnull, "-d", safe, "-f", "-"],
+            [psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-o", os.devnull, "-d", safe, "-f", "-"],
             stdin=subprocess.PIPE,
             stderr=load_err,
             env=env,
         )
         assert dump.stdout is not None and load.stdin is not None
         try:
+            load.stdin.write(head)
             copy_compatible(dump.stdout, load.stdin.write, server_major)
+            if dump.wait() == 0:  # psql commits only what pg_restore wrote in full
+                load.stdin.write(tail)
         except BrokenPipeError:
             pass  # psql stopped at an error: its stderr says which
+        except BaseException:
+            load.kill()
+            dump.kill()
+            raise
         finally:
             dump.stdout.close()
+            if dump.poll() is not None and dump.returncode != 0 and load.poll() is None:
+                load.kill()  # pg_restore died: psql must not commit what it received so far
             with contextlib.suppress(BrokenPipeError):
                 load.stdin.close()
             load_code, dump_code = load.wait(), dump.wait()
         dump_err.seek(0)
         load_err.seek(0)
         stderr = dump_err.read().decode(errors="replace") + load_err.read().decode(errors="replace")
-    return load_code or dump_code, stderr
+    if dump_code:
+        return dump_code, stderr, "pg_restore"
+    return load_code, stderr, "psql"

@@ -10,10 +10,8 @@ filtered for the target (sql_compat). psql reports stdin line numbers; they are 
 from __future__ import annotations
 
 import bisect
-import functools
 import io
 import re
-import secrets
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -24,26 +22,10 @@ from pg_backup_dagster.errors import BackupError, one_line
 from pg_backup_dagster.pg.conninfo import child_env
 from pg_backup_dagster.pg.sql import quote_ident, server_major_at
 from pg_backup_dagster.pg.sql_script import copy_compatible
+from pg_backup_dagster.restore.guard import restrict_lines
 from pg_backup_dagster.tiers.table_split import KINDS, TableDump
 
-# psql learned \restrict in these minor releases (and in every 18+).
-_RESTRICT_SINCE = {13: 22, 14: 19, 15: 14, 16: 10, 17: 6}
-_PSQL_VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
 _PSQL_ERROR = re.compile(r"psql:<stdin>:(\d+):\s*(.*)")
-
-
-@functools.lru_cache(maxsize=8)
-def psql_understands_restrict(psql: str) -> bool:
-    """Whether this psql knows \\restrict (17.6, 16.10, 15.14, 14.19, 13.22 and 18+)."""
-    try:
-        out = subprocess.run([psql, "--version"], capture_output=True, text=True, timeout=30, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return False
-    match = _PSQL_VERSION.search(out)
-    if not match:
-        return False
-    major, minor = int(match.group(1)), int(match.group(2) or 0)
-    return major >= 18 or minor >= _RESTRICT_SINCE.get(major, 10**6)
 
 
 def order_tables(tables: list[TableDump]) -> list[TableDump]:
@@ -116,12 +98,11 @@ class _LineMap:
         return self.labels[index], line_number - self.starts[index] + 1
 
 
-def _feed(stdin: BinaryIO, sources: list[_Source], server_major: int, restrict: bool, line_map: _LineMap) -> None:
-    """Write every source, filtered for the target, wrapped in one \\restrict of our own when psql has it."""
-    key = secrets.token_hex(16).encode()
-    if restrict:
-        stdin.write(b"\\restrict " + key + b"\n")
-        line_map.lines = 1
+def _feed(stdin: BinaryIO, sources: list[_Source], server_major: int, guard: tuple[bytes, bytes],
+          line_map: _LineMap) -> None:
+    """Write every source, filtered for the target, wrapped in one \\restrict of our own."""
+    stdin.write(guard[0])
+    line_map.lines = 1
     for source in sources:
         line_map.begin(source.label)
         if source.path is None:
@@ -129,8 +110,7 @@ def _feed(stdin: BinaryIO, sources: list[_Source], server_major: int, restrict: 
             continue
         with source.path.open("rb") as handle:
             line_map.lines += copy_compatible(handle, stdin.write, server_major)
-    if restrict:
-        stdin.write(b"\\unrestrict " + key + b"\n")
+    stdin.write(guard[1])
 
 
 def restore_tables(
@@ -156,11 +136,12 @@ def restore_tables(
     conninfo, environment = child_env(dsn, env)
     args = [psql, "-X", "-q", "-1", "-v", "ON_ERROR_STOP=1", "-d", conninfo, "-f", "-"]
     line_map = _LineMap()
+    guard = restrict_lines(psql)  # refuses a psql that cannot be guarded, before anything runs
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err, env=environment)
         assert proc.stdin is not None
         try:
-            _feed(proc.stdin, sources, major, psql_understands_restrict(psql), line_map)
+            _feed(proc.stdin, sources, major, guard, line_map)
             proc.stdin.close()
         except BrokenPipeError:
             pass  # psql stopped on an error: its message says why
