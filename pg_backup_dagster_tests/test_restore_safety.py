@@ -155,7 +155,7 @@ def tampered_copy(published: Published, root: Path, relpath: str, change: Callab
     refresh("SHA256SUMS")
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     source = dataclasses.replace(published.source, target=str(root))
-    return Published(source, published.backup_id, folder)
+    return Published(source, published.backup_id, folder, published.env)
 
 
 # --- 1. --clean never destroys a good database ------------------------------------------------------
