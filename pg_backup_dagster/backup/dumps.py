@@ -18,7 +18,7 @@ from pg_backup_dagster.backup.staging import Staging
 from pg_backup_dagster.errors import BackupError
 from pg_backup_dagster.files import atomic_path, temp_path
 from pg_backup_dagster.pg.profiles import filter_roles_sql, get_profile
-from pg_backup_dagster.pg.source import SourceDatabase
+from pg_backup_dagster.pg.source import SourceDatabase, abandon_query
 from pg_backup_dagster.pg.sql import SYSTEM_SCHEMA_FILTER, quote_ident
 from pg_backup_dagster.tiers.archive import UnsupportedArchive, read_archive
 from pg_backup_dagster.tiers.catalog import fetch_table_catalog
@@ -121,6 +121,7 @@ def explained_failures(
         yield
     except BaseException as exc:
         pg.stop_tools()
+        abandon_query(conn)  # interrupted while the snapshot session waited: cancel that wait on the server
         _terminate_leftovers(pg, conn, backup_id)
         if not isinstance(exc, psycopg.Error | BackupError):
             raise
@@ -132,12 +133,14 @@ def _terminate_leftovers(pg: SourceDatabase, conn: psycopg.Connection, backup_id
     leaves its server session waiting until the lock is released): terminate them."""
     try:
         if conn.closed or getattr(conn, "broken", False):
+            with pg.connect(app_name(backup_id, "cleanup")) as fresh:
+                pg.terminate_backends(fresh, app_name(backup_id, ""), waiting_only=True)
             return
         conn.rollback()
         pg.terminate_backends(conn, app_name(backup_id, ""), waiting_only=True)
         conn.rollback()
-    except psycopg.Error:
-        pass  # the session itself is gone: nothing more we can do from here
+    except (psycopg.Error, BackupError):
+        pass  # the server is out of reach: nothing more we can do from here
 
 
 def _pg_dump(pg: SourceDatabase, out: Path, snapshot: str, app: str, extra: list[str]) -> float:
@@ -193,7 +196,11 @@ def dump_full_and_schemas(
                 following = pool.submit(split.follow, dump_done) if split else None
                 counts = exact_row_counts(conn, excluded)
                 size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
-                full_seconds = full.result()
+                try:
+                    full_seconds = full.result()
+                except BackupError:
+                    check_no_rewrite(pg, filenodes, app_name(bid, "check"))  # pg_dump's own error may be a symptom
+                    raise
                 check_no_rewrite(pg, filenodes, app_name(bid, "check"))
                 if following is not None:
                     following.result()

@@ -14,6 +14,7 @@ The pg tools it starts are tracked, so a failing or interrupted step can stop th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -154,7 +155,7 @@ class SourceDatabase:
                 sqlstate = getattr(exc, "sqlstate", None) or "no SQLSTATE"
                 raise self._fail(exc, f"the snapshot session failed ({sqlstate})") from None
             finally:
-                if not conn.closed:
+                if not abandon_query(conn) and not conn.closed:  # interrupted mid-query: canceled and closed
                     conn.rollback()
 
     def fail(self, message: str) -> BackupError:
@@ -257,6 +258,17 @@ def prepare_session(conn: psycopg.Connection, lock_timeout_ms: int) -> None:
             conn.adapters.register_loader(name, _SqlAsciiText)
         conn.adapters.register_loader(0, _SqlAsciiText)
         conn.adapters.register_dumper(str, _SqlAsciiStr)
+
+
+def abandon_query(conn: psycopg.Connection) -> bool:
+    """If conn is still running a query (we were interrupted while waiting on it, e.g. on a lock), cancel it on the
+    server and close the connection: closing alone leaves a backend waiting on its lock. True if it did."""
+    if conn.closed or conn.info.transaction_status != psycopg.pq.TransactionStatus.ACTIVE:
+        return False
+    with contextlib.suppress(psycopg.Error):  # the server is gone too: then nothing waits there
+        conn.cancel_safe(timeout=10)
+    conn.close()
+    return True
 
 
 def connection_lost(conn: psycopg.Connection, exc: BaseException) -> bool:
