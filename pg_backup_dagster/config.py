@@ -72,6 +72,8 @@ class SourceConfig:
     retention_after_backup: bool = False
     freshness_hours: float | None = None
     tiers: tuple[str, ...] = TIERS
+    lock_timeout_seconds: float = 60.0  # how long any session of the backup waits for a table lock, then fails
+    max_runtime_minutes: int | None = 1440  # a backup run still going after this is failed (dagster/max_runtime)
 
     def __post_init__(self) -> None:
         _check(SOURCE_NAME_RE.match(self.name) is not None, "name", f"{self.name!r} must match [a-z][a-z0-9_]*")
@@ -80,6 +82,11 @@ class SourceConfig:
         _check(1 <= self.retry_attempts <= 20, "retry_attempts", "must be between 1 and 20")
         _check(1 <= self.restore_jobs <= 32, "restore_jobs", "must be between 1 and 32")
         _check(bool(self.target), "target", "must not be empty")
+        _check(_is_number(self.lock_timeout_seconds) and 0.1 <= self.lock_timeout_seconds <= 86400,
+               "lock_timeout_seconds", "must be a number of seconds between 0.1 and 86400")
+        _check(self.max_runtime_minutes is None
+               or (_is_number(self.max_runtime_minutes) and 1 <= self.max_runtime_minutes <= 10080),
+               "max_runtime_minutes", "must be between 1 and 10080 (a week), or null for no limit")
         unknown_tiers = sorted(set(self.tiers) - set(TIERS))
         _check(not unknown_tiers, "tiers", f"unknown tier {unknown_tiers[0]!r}" if unknown_tiers else "")
         _check("full" in self.tiers, "tiers", "must include 'full' (the other tiers and the restore check use it)")
@@ -115,6 +122,10 @@ CRON_ALIASES = {
 def cron_ticks(cron: str, timezone: str, start: datetime) -> Iterator[datetime]:
     """The schedule's ticks after `start`, in its time zone (the aliases Dagster accepts included)."""
     return CronSim(CRON_ALIASES.get(cron, cron), start.astimezone(ZoneInfo(timezone)))
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _is_cron(cron: str) -> bool:

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
 
+from pg_backup_dagster.backup.failures import Diagnosis
 from pg_backup_dagster.backup.row_counts import count_rows
 from pg_backup_dagster.backup.staging import Staging
 from pg_backup_dagster.backup.state import DumpedFile, DumpsState, TablesState
+from pg_backup_dagster.errors import BackupError
 from pg_backup_dagster.files import atomic_path, temp_path
 from pg_backup_dagster.pg.profiles import filter_roles_sql, get_profile
-from pg_backup_dagster.pg.source import SourceDatabase
+from pg_backup_dagster.pg.source import SourceDatabase, abandon_query
 from pg_backup_dagster.pg.sql import SYSTEM_SCHEMA_FILTER, quote_ident
 from pg_backup_dagster.tiers.archive import UnsupportedArchive, read_archive
 from pg_backup_dagster.tiers.catalog import fetch_table_catalog
@@ -62,10 +66,78 @@ def exact_row_counts(conn: psycopg.Connection, excluded: frozenset[str]) -> list
     return [{"schema": s, "table": t, "rows": n} for (s, t), n in zip(wanted, counts, strict=True)]
 
 
+TABLE_FILENODES_SQL = f"""
+SELECT c.oid, n.nspname, c.relname, c.relfilenode
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r' AND {SYSTEM_SCHEMA_FILTER}
+"""
+
+
+def table_filenodes(conn: psycopg.Connection, excluded: Collection[str]) -> dict[int, tuple[str, str, int]]:
+    """oid -> (schema, table, relfilenode) of every table as the snapshot sees it (run inside the snapshot)."""
+    return {int(oid): (schema, table, int(node)) for oid, schema, table, node in conn.execute(TABLE_FILENODES_SQL)
+            if schema not in excluded}
+
+
+def check_no_rewrite(pg: SourceDatabase, before: dict[int, tuple[str, str, int]], app: str) -> None:
+    """Fail when a table got a new relfilenode after the snapshot (TRUNCATE, ALTER TABLE … TYPE, CLUSTER,
+    VACUUM FULL): a rewrite is not MVCC-safe, so a dump in an older snapshot reads the new file and may see
+    none of the rows. Run right after pg_dump, which held every table's lock until it exited: a rewrite that
+    committed before pg_dump locked the table is what this finds (one after it exited, moments ago, is too
+    rare to tell apart and fails safe)."""
+    if not before:
+        return
+    with pg.connect(app) as conn:
+        now = dict(conn.execute("SELECT oid, relfilenode FROM pg_class WHERE oid = ANY(%s)",
+                                [list(before)]).fetchall())
+    changed = [before[oid] for oid in before if oid in now and int(now[oid]) != before[oid][2]]
+    if changed:
+        schema, table, _ = changed[0]
+        more = f" (and {len(changed) - 1} more tables)" if len(changed) > 1 else ""
+        raise pg.fail(
+            f"table {schema}.{table}{more} was rewritten (TRUNCATE, ALTER TABLE … TYPE, CLUSTER or VACUUM FULL) by "
+            "a transaction that committed after the backup's snapshot was taken; a rewrite is not MVCC-safe, so "
+            "the dump may hold none of its rows: nothing is published, run the backup again"
+        )
+
+
+@contextmanager
+def explained_failures(
+    pg: SourceDatabase, excluded: Collection[str], conn: psycopg.Connection, backup_id: str
+) -> Iterator[None]:
+    """On any failure or interruption: stop our pg tools and our sessions still waiting on the server, then
+    raise the failure by its cause (backup/failures.py) instead of the raw exception."""
+    try:
+        yield
+    except BaseException as exc:
+        pg.stop_tools()
+        abandon_query(conn)  # interrupted while the snapshot session waited: cancel that wait on the server
+        _terminate_leftovers(pg, conn, backup_id)
+        if not isinstance(exc, psycopg.Error | BackupError):
+            raise
+        raise Diagnosis(pg, excluded, conn).explain(exc) from None
+
+
+def _terminate_leftovers(pg: SourceDatabase, conn: psycopg.Connection, backup_id: str) -> None:
+    """Sessions of this backup still blocked on a lock after its tools stopped (a pg_dump killed by SIGKILL
+    leaves its server session waiting until the lock is released): terminate them."""
+    try:
+        if conn.closed or getattr(conn, "broken", False):
+            with pg.connect(app_name(backup_id, "cleanup")) as fresh:
+                pg.terminate_backends(fresh, app_name(backup_id, ""), waiting_only=True)
+            return
+        conn.rollback()
+        pg.terminate_backends(conn, app_name(backup_id, ""), waiting_only=True)
+        conn.rollback()
+    except (psycopg.Error, BackupError):
+        pass  # the server is out of reach: nothing more we can do from here
+
+
 def _pg_dump(pg: SourceDatabase, out: Path, snapshot: str, app: str, extra: list[str]) -> float:
     started = time.monotonic()
     with atomic_path(out) as tmp:
-        args = ["--format=custom", "--no-owner", "--no-privileges", f"--snapshot={snapshot}", "--file", str(tmp)]
+        args = ["--format=custom", "--no-owner", "--no-privileges", f"--snapshot={snapshot}", "--file", str(tmp),
+                f"--lock-wait-timeout={pg.lock_timeout_ms}"]
         pg.run_tool("pg_dump", args + extra, app)
     return time.monotonic() - started
 
@@ -105,21 +177,33 @@ def dump_full_and_schemas(
     excluded = get_profile(profile_name).excluded_schemas
     clear_dump_outputs(staging)
     bid = staging.backup_id
-    with pg.exported_snapshot(app_name(bid, "snapshot")) as (conn, snapshot):
+    with pg.exported_snapshot(app_name(bid, "snapshot")) as (conn, snapshot), \
+            explained_failures(pg, excluded, conn, bid):
+        filenodes = table_filenodes(conn, excluded)
         schemas = user_schemas(conn, excluded) if schema_tier else []
         exclude_args = [f"--exclude-schema={quote_ident(s)}" for s in sorted(excluded)]
         dump_done = threading.Event()
+        split = None
         with ThreadPoolExecutor(max_workers=2) as pool:
             full = pool.submit(_pg_dump, pg, staging.full_dump, snapshot, app_name(bid, "full"), exclude_args)
             full.add_done_callback(lambda _: dump_done.set())
-            catalog = fetch_table_catalog(conn, exclude_schemas=set(excluded))
-            split = TableTierSplit(pg.tools(), staging, catalog) if table_tier else None
-            following = pool.submit(split.follow, dump_done) if split else None
-            counts = exact_row_counts(conn, excluded)
-            size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
-            full_seconds = full.result()
-            if following is not None:
-                following.result()
+            try:
+                catalog = fetch_table_catalog(conn, exclude_schemas=set(excluded))
+                split = TableTierSplit(pg.tools(), staging, catalog) if table_tier else None
+                following = pool.submit(split.follow, dump_done) if split else None
+                counts = exact_row_counts(conn, excluded)
+                size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+                try:
+                    full_seconds = full.result()
+                except BackupError:
+                    check_no_rewrite(pg, filenodes, app_name(bid, "check"))  # pg_dump's own error may be a symptom
+                    raise
+                check_no_rewrite(pg, filenodes, app_name(bid, "check"))
+                if following is not None:
+                    following.result()
+            except BaseException:
+                pg.stop_tools()  # before the pool waits for pg_dump: it may be blocked on a lock
+                raise
         try:
             schema_files = cut_schema_archives(staging, schemas)
         except UnsupportedArchive:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import psycopg
-from psycopg import sql
+
+from pg_backup_dagster.pg.sql import encode_query, quote_ident
 
 COUNT_BATCH = 200  # tables per query (and per savepoint): bounds the locks held at once
 
@@ -19,12 +20,10 @@ def count_rows(conn: psycopg.Connection, tables: Sequence[tuple[str, str]]) -> l
     counts: list[int] = []
     for start in range(0, len(tables), COUNT_BATCH):
         batch = tables[start : start + COUNT_BATCH]
-        query = sql.SQL(" UNION ALL ").join(
-            sql.SQL("SELECT {}::int AS i, count(*) FROM ONLY {}.{}").format(
-                sql.Literal(i), sql.Identifier(schema), sql.Identifier(table)
-            )
+        query = encode_query(conn, " UNION ALL ".join(
+            f"SELECT {i}::int AS i, count(*) FROM ONLY {quote_ident(schema, table)}"
             for i, (schema, table) in enumerate(batch)
-        )
+        ))
         with conn.transaction() as batch_transaction:  # a savepoint inside the caller's transaction
             rows = dict(conn.execute(query).fetchall())
             raise psycopg.Rollback(batch_transaction)  # frees this batch's locks; a count has nothing to keep

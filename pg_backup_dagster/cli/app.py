@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 from collections.abc import Callable
 from typing import Annotated
@@ -60,4 +61,7 @@ def selected_source(name: str | None) -> tuple[SourceConfig, list[SourceConfig]]
 
 
 def main() -> None:  # pragma: no cover - console entry point
+    # SIGTERM (a scheduler, an operator, a pod shutting down) interrupts like Ctrl-C, as in Dagster's own run
+    # workers: the running step then stops its pg tools and its sessions on the server instead of dying silently.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     sys.exit(app())

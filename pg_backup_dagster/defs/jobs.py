@@ -13,6 +13,7 @@ from pydantic import Field
 
 from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.constants import (
+    MAX_RUNTIME_TAG,
     SOURCE_TAG,
     backup_job_name,
     restore_job_name,
@@ -26,13 +27,21 @@ from pg_backup_dagster.retention.apply import run_retention
 from pg_backup_dagster.tiers.registry import TIER_NAMES
 
 
+def backup_job_tags(source: SourceConfig) -> dict[str, str]:
+    """The backup job's tags: its source, and its run time limit (a stuck run fails, alerts, frees the pool)."""
+    tags = {SOURCE_TAG: source.name}
+    if source.max_runtime_minutes is not None:
+        tags[MAX_RUNTIME_TAG] = str(int(source.max_runtime_minutes * 60))
+    return tags
+
+
 def build_backup_job(source: SourceConfig):
     """Partitioned like its assets (Dagster infers it from the selection)."""
     return dg.define_asset_job(
         backup_job_name(source),
         selection=dg.AssetSelection.key_prefixes([source.name]),
         description=f"Back up source '{source.name}': roles, full, schema and table tiers, checks, manifest.",
-        tags={SOURCE_TAG: source.name},
+        tags=backup_job_tags(source),
     )
 
 

@@ -21,6 +21,7 @@ class PostgresResource(dg.ConfigurableResource):
     retry_attempts: int = 5
     retry_max_wait: float = 20.0
     pg_bin: str | None = None
+    lock_timeout: float = 60.0
 
     _database: SourceDatabase | None = PrivateAttr(default=None)
 
@@ -31,6 +32,7 @@ class PostgresResource(dg.ConfigurableResource):
                 dsn=self.dsn, source=self.source, max_connections=self.max_connections,
                 connect_timeout=self.connect_timeout, retry_attempts=self.retry_attempts,
                 retry_max_wait=self.retry_max_wait, pg_bin=self.pg_bin,
+                lock_timeout=self.lock_timeout,
             )
         return self._database
 
@@ -59,6 +61,7 @@ def source_resources(source: SourceConfig, dsn: str | None = None) -> dict[str, 
         postgres_key(source): PostgresResource(
             dsn=dsn, source=source.name, max_connections=source.max_connections,
             retry_attempts=source.retry_attempts, retry_max_wait=source.retry_max_wait, pg_bin=source.pg_bin,
+            lock_timeout=source.lock_timeout_seconds,
         ),
         target_key(source): BackupTargetResource(
             target=source.target, sse=source.sse, kms_key_id=source.kms_key_id, storage_class=source.storage_class,

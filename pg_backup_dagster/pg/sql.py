@@ -20,6 +20,15 @@ def quote_ident(*names: str) -> str:
     return ".".join('"' + name.replace('"', '""') + '"' for name in names)
 
 
+def encode_query(conn: psycopg.Connection, text: str) -> bytes:
+    """A query holding names, as the bytes the server must see: in the connection's client encoding, and on a
+    SQL_ASCII connection (which converts nothing) the exact bytes the names were read from (surrogate escapes)."""
+    encoding = conn.info.encoding
+    if encoding == "ascii":
+        return text.encode("utf-8", "surrogateescape")
+    return text.encode(encoding)
+
+
 def server_major(conn: psycopg.Connection) -> int:
     """The major version of the server behind a connection."""
     return conn.info.server_version // 10000

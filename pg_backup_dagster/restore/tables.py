@@ -68,7 +68,8 @@ def restore_plan(
     """The phases as a list of sources, in the order psql must read them."""
     ordered = order_tables(tables)
     schemas = list(dict.fromkeys([t.schema for t in ordered] + list(schema_objects or {})))
-    create = "".join(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(s)};\n" for s in schemas)
+    # Our own text is UTF-8: say so, or a LATIN1 target reads the names as LATIN1 (each backup file sets its own).
+    create = "SET client_encoding = 'UTF8';\n" + "".join(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(s)};\n" for s in schemas)
     sources = [_Source("CREATE SCHEMA", text=create.encode())]
     sources += [_Source(global_objects, backup_dir / global_objects)] if global_objects else []
     sources += [_Source(rel, backup_dir / rel) for rel in (schema_objects or {}).values()]
