@@ -60,6 +60,8 @@ class FileEntry:
     table: str | None = None
     kind: str | None = None
     after: list[tuple[str, str]] | None = None
+    post_refs: list[tuple[str, str]] | None = None  # other tables a post.sql names (rules, policies reading them)
+    fk_refs: list[tuple[str, str]] | None = None  # tables an fk.sql's foreign keys reference
     phase: Literal["early", "late"] | None = None
     encrypted: Literal["age"] | None = None
     stored_path: str | None = None

@@ -37,6 +37,9 @@ def file_identities(dumps: DumpsState, tables: TablesState | None) -> dict[str, 
             ids[rel] = {"tier": "table", "schema": table.schema, "table": table.table, "kind": kind}
             if table.after:  # parents a restore must create first (partitions, inheritance)
                 ids[rel]["after"] = [tuple(parent) for parent in table.after]
+            refs = {"post": table.post_refs, "fk": table.fk_refs}.get(kind)
+            if refs:  # other tables this file names: a restore of some tables must have them (restore/tables.py)
+                ids[rel][f"{kind}_refs"] = [tuple(other) for other in refs]
     for schema, rel in tables.schema_objects.items():
         ids[rel] = {"tier": "schema_objects", "schema": schema}
     for rel, phase in ((tables.global_objects, "early"), (tables.global_objects_late, "late")):

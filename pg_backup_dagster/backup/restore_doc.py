@@ -60,7 +60,8 @@ def render_restore_md(source: str, staging: Staging) -> str:
     schemas = sorted(dumps.schemas, key=lambda s: s.schema or "")
     tables = tier.tables if tier else []
     example = tables[0] if tables else None
-    example_objects = tier.schema_objects.get(example.schema, "") if tier and example else ""
+    all_objects = " ".join([*([tier.global_objects] if tier.global_objects else []), *tier.schema_objects.values()]
+                           ) if tier else ""
     lines = [
         f"# Restoring backup {bid} of source `{source}`",
         "",
@@ -105,17 +106,20 @@ def render_restore_md(source: str, staging: Staging) -> str:
         "## 4. Any tables",
         "",
         "Set `TABLES` to the folders of the tables to restore (see the index below; list a partition's or child's",
-        "parent tables before it). `OBJECTS` lists `{schema}/objects.sql` of the schemas that do not exist in the",
-        "target yet (their types, functions, sequences; empty when they exist) and, for extensions or large objects,",
-        "`global_objects.sql`; `LATE` may name `global_objects_late.sql` (views and the like) when every table they",
-        "read is restored too. Everything runs in one transaction (all or nothing), in phases: all schema.sql, all data.sql, all",
+        "parent tables before it, and the tables a table's fk.sql references or its post.sql's rules and policies",
+        "read: `fk_refs` and `post_refs` in manifest.json). `OBJECTS` lists what belongs to no table and any table",
+        "may use: by default `global_objects.sql` (extensions, access methods, large objects) and every",
+        "`{schema}/objects.sql` (types, functions, sequences); empty it, or keep only the missing ones, when the",
+        "target has them already. `LATE` may name `global_objects_late.sql` (views, materialized views and the rules,",
+        "policies and triggers that need them) when every table they read is restored too.",
+        "Everything runs in one transaction (all or nothing), in phases: all schema.sql, all data.sql, all",
         "post.sql (indexes, constraints, triggers, policies), then all fk.sql, so any set of tables can be restored.",
         "",
     ]
     if example:
         lines += _sh(
             f'TABLES="${{TABLES:-{_folder(example)}}}"',
-            f'OBJECTS="${{OBJECTS-{example_objects}}}"',
+            f'OBJECTS="${{OBJECTS-{all_objects}}}"',
             'LATE="${LATE-}"',
             COMPAT_FUNCTION,
             "{",

@@ -26,7 +26,7 @@ from pg_backup_dagster.pg.sql import existing_tables, quote_ident, server_major_
 from pg_backup_dagster.pg.tools import PgTools, find_tools
 from pg_backup_dagster.restore.roles import restore_roles_file
 from pg_backup_dagster.restore.runner import pg_restore
-from pg_backup_dagster.restore.tables import restore_tables
+from pg_backup_dagster.restore.tables import plan_table_restore, restore_tables
 from pg_backup_dagster.restore.target import (
     OLD_DATABASE_CHOICES,
     conflict_message,
@@ -252,6 +252,8 @@ def table_dumps(backup: OpenedBackup) -> dict[tuple[str, str], TableDump]:
         dump = dumps.setdefault(key, TableDump(key[0], key[1], {}, rows.get(key, 0)))
         dump.files[entry.kind or ""] = entry.path
         dump.after = list(entry.after or []) or dump.after
+        dump.post_refs = list(entry.post_refs or []) or dump.post_refs
+        dump.fk_refs = list(entry.fk_refs or []) or dump.fk_refs
     return dumps
 
 
@@ -264,30 +266,35 @@ def _restore_tables(
         raise BackupError(f"table {quote_ident(*missing[0])} is not in backup {backup.backup_id}")
     chosen = [available[t] for t in dict.fromkeys(request.tables)]
     needed_parents = {tuple(p) for t in chosen for p in t.after} - set(request.tables)
+    named = {tuple(r) for t in chosen for r in [*t.post_refs, *t.fk_refs]} - set(request.tables)
     with psycopg.connect(request.target_dsn, autocommit=True) as conn:
         absent_parents = needed_parents - existing_tables(conn, needed_parents)
+        in_target = existing_tables(conn, named) if named else set()
     if absent_parents:
         names = ", ".join(quote_ident(*p) for p in sorted(absent_parents))
         raise BackupError(f"restore the parent table(s) {names} too (--table), or create them in the target first")
-    schemas = list(dict.fromkeys(t.schema for t in chosen))
-    populated = populated_schemas(request.target_dsn, schemas)
-    objects = {
-        e.schema: e.path
-        for e in backup.manifest.entries("schema_objects")
-        if e.schema and e.schema in schemas and e.schema not in populated
-    }
-    for dump in chosen:
+    all_objects = {e.schema: e.path for e in backup.manifest.entries("schema_objects") if e.schema}
+    phases = {e.phase: e.path for e in backup.manifest.entries("global_objects")}
+    plan = plan_table_restore(  # every objects file, global objects; what the tables name but do not bring
+        chosen, list(available.values()), all_objects, phases.get("early"), phases.get("late"),
+        in_target=in_target, populated=populated_schemas(request.target_dsn, list(all_objects)),
+    )
+    objects = plan.schema_objects
+    for dump in plan.tables:
         for rel in dump.files.values():
             backup.fetch(rel, work)
-    for rel in objects.values():
-        backup.fetch(rel, work)
+    for rel in [*objects.values(), plan.global_objects, plan.late_objects]:
+        if rel:
+            backup.fetch(rel, work)
     restore_tables(
-        work, chosen, request.target_dsn, psql=tools.path("psql"), schema_objects=objects, server_major=major
+        work, plan.tables, request.target_dsn, psql=tools.path("psql"), schema_objects=objects, server_major=major,
+        global_objects=plan.global_objects, late_objects=plan.late_objects,
     )
     for dump in chosen:
         result.steps.append(f"table {quote_ident(dump.schema, dump.table)}: {dump.rows} rows")
     if objects:
         result.notes.append(f"restored the types, functions and sequences of empty schema(s) {', '.join(objects)}")
+    result.notes += plan.notes + ([plan.left_out] if plan.left_out else [])
 
 
 def _schema_entry(backup: OpenedBackup, schema: str) -> FileEntry:

@@ -14,7 +14,7 @@ import io
 import re
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -47,6 +47,72 @@ def order_tables(tables: list[TableDump]) -> list[TableDump]:
     for table in tables:
         place(table, ())
     return ordered
+
+
+@dataclass
+class TableRestorePlan:
+    """What a restore of some tables runs, and one line saying what it leaves out (empty when nothing)."""
+
+    tables: list[TableDump]
+    schema_objects: dict[str, str]
+    global_objects: str | None
+    late_objects: str | None
+    left_out: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def plan_table_restore(
+    chosen: list[TableDump],
+    tier_tables: list[TableDump],
+    schema_objects: dict[str, str],
+    global_objects: str | None,
+    late_objects: str | None,
+    *,
+    in_target: set[tuple[str, str]] = frozenset(),  # type: ignore[assignment]
+    populated: set[str] = frozenset(),  # type: ignore[assignment]
+) -> TableRestorePlan:
+    """What restoring `chosen` needs, besides their own files.
+
+    Objects files hold types, functions, sequences and schemas, never tables, so every one restores alone:
+    global_objects.sql (extensions, access methods, large objects) and the objects.sql of every schema run,
+    because a table's columns, defaults and checks may use any schema's types and functions. Into a target where
+    some of the backup's schemas already hold objects (`populated`), their objects files are skipped, and so is
+    global_objects.sql (it would collide with what is there). `in_target` are the tables the target already has.
+
+    What the chosen tables name but do not bring: a post.sql naming a table (a rule or policy reading it) that is
+    neither chosen nor in the target fails the plan, naming it; a foreign key whose target is missing has its
+    fk.sql left out; views and what reads them (global_objects_late.sql) run only when every table is chosen.
+    """
+    names = {(t.schema, t.table) for t in chosen}
+    present = names | set(in_target)
+    needed = sorted({tuple(r) for t in chosen for r in t.post_refs} - present)
+    if needed:
+        shown = ", ".join(quote_ident(*r) for r in needed[:5])  # type: ignore[misc]
+        raise BackupError(
+            f"the rules, policies or triggers of the chosen tables read {shown}: restore it too (--table), or create "
+            "it in the target first"
+        )
+    tables, left_out = [], []
+    for table in chosen:
+        missing = sorted({tuple(r) for r in table.fk_refs} - present)
+        if missing and "fk" in table.files:
+            table = replace(table, files={k: v for k, v in table.files.items() if k != "fk"})
+            targets = ", ".join(quote_ident(*r) for r in missing)  # type: ignore[misc]
+            left_out.append(f"the foreign keys of {quote_ident(table.schema, table.table)} (to {targets})")
+        tables.append(table)
+    every_table = names >= {(t.schema, t.table) for t in tier_tables}
+    late = late_objects if every_table and not populated else None
+    if late_objects and not late:
+        left_out.append(f"views, materialized views and what reads them ({late_objects})")
+    objects = {schema: rel for schema, rel in schema_objects.items() if schema not in populated}
+    notes = []
+    if populated and global_objects:
+        notes.append(f"{global_objects} not run: the target already holds schema(s) {', '.join(sorted(populated))}")
+    line = ""
+    if left_out:
+        line = ("left out: " + "; ".join(left_out) + ": add the tables they name (--table), or restore them "
+                "afterwards from their files")
+    return TableRestorePlan(tables, objects, None if populated else global_objects, late, line, notes)
 
 
 @dataclass

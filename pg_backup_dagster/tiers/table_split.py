@@ -44,6 +44,16 @@ _RELATION_VIEWS = {"VIEW", "MATERIALIZED VIEW", "MATERIALIZED VIEW DATA"}
 _DEFERRED_PASS = {"MATERIALIZED VIEW DATA", "EVENT TRIGGER"}
 _HEADER = re.compile(rb"^-- TOC entry (\d+) \(class \d+ OID \d+\)\r?\n?$")
 _SET_CONFIG = re.compile(rb"^SELECT pg_catalog\.set_config\('([A-Za-z_.]+)'")
+# Settings pg_restore selects per object (its _selectTablespace / _selectTableAccessMethod), printed only when they
+# change: they belong in front of the entries that use them, never in a file's header (a custom access method set
+# for one table would otherwise be demanded by every file written after it). Name -> entry types that use it.
+_ENTRY_SETTINGS = {
+    b"default_table_access_method": frozenset({"TABLE", "MATERIALIZED VIEW"}),
+    b"default_tablespace": frozenset({"TABLE", "MATERIALIZED VIEW", "INDEX", "CONSTRAINT"}),
+}
+# Transaction control pg_restore writes around large-object data: it would end the one transaction a restore
+# of the split files runs in (psql -1), so a failed restore could leave objects behind. Dropped when top level.
+_TRANSACTION_CONTROL = re.compile(rb"^(?:BEGIN|COMMIT|END|START\s+TRANSACTION)\s*;\s*$", re.I)
 
 
 @dataclass
@@ -51,7 +61,8 @@ class TableDump:
     """One table's files (kind -> path relative to the backup dir) and its dumped row count.
 
     `after` lists the tables (inheritance/partition parents) whose files must run before this one's in
-    every restore phase.
+    every restore phase; `post_refs` and `fk_refs` the other tables its post.sql and fk.sql name (rules,
+    policies, triggers reading them; foreign keys' targets), which must exist when those files run.
     """
 
     schema: str
@@ -59,6 +70,8 @@ class TableDump:
     files: dict[str, str]
     rows: int = 0
     after: list[tuple[str, str]] = field(default_factory=list)
+    post_refs: list[tuple[str, str]] = field(default_factory=list)  # other tables its post.sql names
+    fk_refs: list[tuple[str, str]] = field(default_factory=list)  # tables its foreign keys reference
 
 
 @dataclass
@@ -101,6 +114,7 @@ class _Attributor:
         self.excluded_tables = set(catalog.excluded_tables)
         self.excluded_schemas = set(catalog.excluded_schemas)
         self._targets: dict[int, _Target] = {}
+        self.refs: dict[tuple[int, str], set[int]] = {}  # (table oid, "post"/"fk") -> other tables named
 
     def target(self, entry: TocEntry) -> _Target:
         cached = self._targets.get(entry.dump_id)
@@ -110,8 +124,22 @@ class _Attributor:
             if cached.table_oid is None and cached.kind == "objects":
                 late = self._is_late(entry)
                 cached = _Target(kind="objects", schema=None if late else cached.schema, late=late)
+            elif cached.table_oid is not None and cached.kind in ("post", "fk"):
+                cached = self._post_target(entry, cached)
             self._targets[entry.dump_id] = cached
         return cached
+
+    def _post_target(self, entry: TocEntry, target: _Target) -> _Target:
+        """What hangs on a table and needs a view, a materialized view or any late object (a rule writing to a
+        view, a policy reading one, a trigger whose function is late) goes late too: post.sql runs before views
+        exist. Otherwise note the other tables it names, which a restore of a subset must have."""
+        deps = [self.by_id[d] for d in entry.deps if d in self.by_id]
+        if any(dep.desc in _RELATION_VIEWS or self.target(dep).late for dep in deps):
+            return _Target(kind="objects", late=True)
+        others = {self.target(dep).table_oid for dep in deps} - {None, target.table_oid}
+        if others:
+            self.refs.setdefault((target.table_oid, target.kind), set()).update(others)  # type: ignore[arg-type]
+        return target
 
     def _resolve(self, entry: TocEntry) -> _Target:
         if entry.desc in _ATTACH:
@@ -192,6 +220,7 @@ class SplitPlan:
     steps: list[tuple[TocEntry, str]]
     table_oids: list[int]
     deferred_start: int
+    refs: dict[tuple[int, str], set[int]] = field(default_factory=dict)  # see _Attributor.refs
 
 
 def plan_split(entries: list[TocEntry], catalog: TableCatalog) -> SplitPlan:
@@ -225,7 +254,8 @@ def plan_split(entries: list[TocEntry], catalog: TableCatalog) -> SplitPlan:
     main = [s for s in ordered if not _deferred(s[0], by_id)]
     steps = main + [s for s in ordered if _deferred(s[0], by_id)]
     tables = sorted(table_first, key=lambda oid: (catalog.depth(oid), table_first[oid]))
-    return SplitPlan(steps, [oid for oid in tables if _has_table_entry(buckets, catalog, oid)], len(main))
+    table_oids = [oid for oid in tables if _has_table_entry(buckets, catalog, oid)]
+    return SplitPlan(steps, table_oids, len(main), attributor.refs)
 
 
 def _deferred(entry: TocEntry, by_id: dict[int, TocEntry]) -> bool:
@@ -275,6 +305,7 @@ class StreamSplitter:
         self.current_path: str | None = None
         self.current_entry: TocEntry | None = None
         self.file_session: dict[bytes, bytes] = {}
+        self.in_statement = False  # the last top-level code line did not end its statement
         self.written: set[str] = set()
         self.made_dirs: set[Path] = set()
         self.rows: dict[str, int] = {}
@@ -287,6 +318,10 @@ class StreamSplitter:
                 self._top_line(line)
             else:
                 self._content(line)
+            if kind in (LineKind.COPY_DATA, LineKind.COPY_END):
+                self.in_statement = False
+            elif kind is LineKind.LITERAL or not (line.isspace() or line.startswith((b"--", b"\\"))):
+                self.in_statement = not self.scanner.ends_statement
             if self.scanner.in_copy and kind is not LineKind.COPY_DATA:
                 assert self.current is not None and self.current_path is not None
                 self.rows[self.current_path] += reader.copy_data(self.current.write)
@@ -300,6 +335,8 @@ class StreamSplitter:
                 self.restrict_key = line.split()[1] if len(line.split()) > 1 else None
         elif line.strip() in (b"", b"--") or setting_name(line) or _SET_CONFIG.match(line):
             self.pending.append(line)
+        elif not self.in_statement and _TRANSACTION_CONTROL.match(line):
+            pass  # files run inside the restore's own transaction
         elif (
             self.current_entry is not None
             and self.current_entry.desc == "SCHEMA"
@@ -353,7 +390,10 @@ class StreamSplitter:
             self.session[name] = line
 
     def _sync_session(self) -> None:
+        assert self.current_entry is not None
         for name, line in self.session.items():
+            if name in _ENTRY_SETTINGS and self.current_entry.desc not in _ENTRY_SETTINGS[name]:
+                continue
             if self.file_session.get(name) != line:
                 self._write(line)
                 self.file_session[name] = line
@@ -375,7 +415,7 @@ class StreamSplitter:
     def file_header(self) -> bytes:
         """The lines that make a file standalone: psql's restrict key and the dump's session settings."""
         lines = [b"\\restrict " + self.restrict_key + b"\n"] if self.restrict_key else []
-        lines += [line for line in self.preamble if setting_name(line) or _SET_CONFIG.match(line)]
+        lines += [line for line in self.preamble if _file_wide_setting(line)]
         return b"".join(lines) + b"\n"
 
     def ensure_dir(self, folder: Path) -> None:
@@ -385,8 +425,8 @@ class StreamSplitter:
             self.made_dirs.add(folder)
 
     def session_lines(self) -> bytes:
-        """The settings in force at the end of the stream, for a file started outside it."""
-        return b"".join(self.session.values())
+        """The settings in force at the end of the stream, for a file started outside it (not the per-object ones)."""
+        return b"".join(line for name, line in self.session.items() if name not in _ENTRY_SETTINGS)
 
     def file_footer(self) -> bytes:
         return b"\n\\unrestrict " + self.restrict_key + b"\n" if self.restrict_key else b""
@@ -408,6 +448,12 @@ class StreamSplitter:
             )
         if not self.scanner.at_top:
             raise BackupError("pg_restore stream ended inside a literal or COPY data: the split is not trusted")
+
+
+def _file_wide_setting(line: bytes) -> bool:
+    """A session setting every file repeats in its header (not one pg_restore selects per object)."""
+    name = setting_name(line)
+    return (name is not None and name not in _ENTRY_SETTINGS) or _SET_CONFIG.match(line) is not None
 
 
 def _write_empty(path: Path, header: bytes, footer: bytes) -> None:
@@ -492,7 +538,10 @@ def describe_split(
             if relpath in written or kind in ("schema", "data"):
                 files[kind] = relpath
         parents = [(by_oid[p].schema, by_oid[p].table) for p in info.parents if p in by_oid]
-        tables.append(TableDump(info.schema, info.table, files, rows.get(files["data"], 0), parents))
+        refs = {kind: sorted((by_oid[r].schema, by_oid[r].table) for r in plan.refs.get((oid, kind), ()) if r in by_oid)
+                for kind in ("post", "fk")}
+        tables.append(TableDump(info.schema, info.table, files, rows.get(files["data"], 0), parents,
+                                refs["post"] if "post" in files else [], refs["fk"] if "fk" in files else []))
     return SplitResult(
         tables=tables,
         schema_objects=_objects_files(out_dir, catalog.schemas, written, header, footer),

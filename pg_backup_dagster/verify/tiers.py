@@ -7,7 +7,7 @@ import random
 import subprocess
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pg_backup_dagster.backup.state import CheckRecord, DumpsState, TablesState
@@ -18,7 +18,7 @@ from pg_backup_dagster.pg.local_server import ephemeral_server
 from pg_backup_dagster.pg.profiles import roles_sql_has_password_hash
 from pg_backup_dagster.pg.sql import server_major_at
 from pg_backup_dagster.restore.roles import restore_roles_file
-from pg_backup_dagster.restore.tables import restore_tables
+from pg_backup_dagster.restore.tables import plan_table_restore, restore_tables
 from pg_backup_dagster.tiers.table_split import TableDump
 from pg_backup_dagster.verify.test_restore import restore_and_compare, restored_counts, scratch_database
 
@@ -167,24 +167,34 @@ def check_table_files(
     )
 
 
-def late_objects_for(tables: list[TableDump], tier: TablesState) -> str | None:
-    """Views and other late objects read arbitrary tables: restore them only when every table is restored."""
-    return tier.global_objects_late if len(tables) == len(tier.tables) else None
+def _with_named_tables(chosen: list[TableDump], tier: TablesState) -> list[TableDump]:
+    """The sample plus the tables its post.sql names (a policy reading another table) and their parents."""
+    by_name = {(t.schema, t.table): t for t in tier.tables}
+    keys = {(t.schema, t.table) for t in chosen}
+    pending = list(keys)
+    while pending:
+        table = by_name[pending.pop()]
+        for other in [*table.post_refs, *table.after]:
+            if tuple(other) in by_name and tuple(other) not in keys:
+                keys.add(tuple(other))  # type: ignore[arg-type]
+                pending.append(tuple(other))  # type: ignore[arg-type]
+    return [t for t in tier.tables if (t.schema, t.table) in keys]
 
 
 def _restore_sample(
     step: StepContext, restore_url, chosen: list[TableDump], tier: TablesState, dumped: dict,
     stub_roles: Sequence[str],
 ) -> list[dict]:
-    tables = chosen
-    if len(tables) < len(tier.tables):  # a sample: a foreign key may reference a table left out of it
-        tables = [replace(t, files={k: v for k, v in t.files.items() if k != "fk"}) for t in chosen]
+    """Restore the sample the way `restore --table` does: every objects file, the tables and what they need (a
+    foreign key to a table outside the sample is left out; late objects run only when every table is restored)."""
+    plan = plan_table_restore(_with_named_tables(chosen, tier), tier.tables, tier.schema_objects,
+                              tier.global_objects, tier.global_objects_late)
     with scratch_database(restore_url, stub_roles=stub_roles) as dsn:
-        restore_tables(step.staging.root, tables, dsn, psql=step.pg.tools().path("psql"),
-                       schema_objects=tier.schema_objects, global_objects=tier.global_objects,
-                       late_objects=late_objects_for(tables, tier))
+        restore_tables(step.staging.root, plan.tables, dsn, psql=step.pg.tools().path("psql"),
+                       schema_objects=plan.schema_objects, global_objects=plan.global_objects,
+                       late_objects=plan.late_objects)
         expected = [{"schema": t.schema, "table": t.table, "rows": dumped.get((t.schema, t.table), t.rows)}
-                    for t in tables]
+                    for t in plan.tables]
         return restored_counts(dsn, expected)
 
 
