@@ -18,7 +18,7 @@ from pg_backup_dagster.constants import (
 from pg_backup_dagster.defs.assets import asset_key
 from pg_backup_dagster.defs.context import step_context
 from pg_backup_dagster.defs.metadata import row_counts_table
-from pg_backup_dagster.pg.profiles import get_profile
+from pg_backup_dagster.pg.profiles import get_profile, roles_created
 from pg_backup_dagster.tiers.registry import FULL, ROLES, SCHEMA, TABLE, Tier, tiers_of
 from pg_backup_dagster.verify import tiers as verify_tiers
 
@@ -35,9 +35,12 @@ def _result(context, step: StepContext, name: str, outcome: verify_tiers.CheckOu
     )
 
 
-def stub_roles(source: SourceConfig) -> tuple[str, ...]:
-    """Platform roles a managed database's objects name; the scratch database gets NOLOGIN stand-ins."""
-    return get_profile(source.profile).reserved_roles
+def stub_roles(source: SourceConfig, step: StepContext) -> tuple[str, ...]:
+    """Roles the scratch database gets as NOLOGIN stand-ins: the platform's (Supabase's anon, authenticated, …)
+    and every role the backup's own roles.sql creates, so policies and grants naming them restore."""
+    roles_file = step.staging.roles_file
+    backup_roles = roles_created(roles_file.read_text(encoding="utf-8")) if roles_file.is_file() else []
+    return tuple(dict.fromkeys([*get_profile(source.profile).reserved_roles, *backup_roles]))
 
 
 def build_backup_checks(
@@ -73,10 +76,10 @@ def _tier_check(source: SourceConfig, tier: Tier, common: dict) -> dg.AssetCheck
 RUN_CHECK: dict[str, Callable[[StepContext, SourceConfig], verify_tiers.CheckOutcome]] = {
     ROLES.name: lambda step, source: verify_tiers.check_roles_file(step),
     FULL.name: lambda step, source: verify_tiers.check_full_restore(
-        step, source, source.restore_url(), stub_roles(source)
+        step, source, source.restore_url(), stub_roles(source, step)
     ),
     SCHEMA.name: lambda step, source: verify_tiers.check_schema_archives(step),
     TABLE.name: lambda step, source: verify_tiers.check_table_files(
-        step, source.restore_url(), source.table_check_sample, stub_roles(source)
+        step, source.restore_url(), source.table_check_sample, stub_roles(source, step)
     ),
 }

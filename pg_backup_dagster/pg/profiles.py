@@ -253,3 +253,15 @@ def filter_roles_sql(text: str, profile: Profile) -> str:
 def roles_sql_has_password_hash(text: str) -> bool:
     """True when a SCRAM or md5 password hash appears anywhere, comments included."""
     return _HASH.search(text) is not None
+
+
+def roles_created(text: str) -> list[str]:
+    """Roles that roles.sql creates (not those left as comments for the platform): what a check server needs
+    before objects that name them (policies `TO role`, grants) can restore."""
+    names: list[str] = []
+    for is_statement, lines in split_statements(text):
+        code = [t for t in tokens("".join(lines)) if t.kind not in ("ws", "comment")] if is_statement else []
+        words = [t.keyword for t in code[:2]]
+        if words == ["CREATE", "ROLE"] and len(code) > 2 and code[2].ident is not None:
+            names.append(code[2].ident)
+    return names

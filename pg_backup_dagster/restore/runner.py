@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pg_backup_dagster.errors import BackupError, one_line, redact
 from pg_backup_dagster.pg.conninfo import child_env
+from pg_backup_dagster.pg.sql import server_major_at
 from pg_backup_dagster.pg.sql_script import copy_compatible
 from pg_backup_dagster.pg.tools import PgTools
 from pg_backup_dagster.restore.guard import restrict_lines
@@ -91,10 +92,16 @@ def pg_restore_into(
     """pg_restore -j into dsn, going on past errors; returns (unaccepted errors, accepted errors).
 
     This is the test restore's way: every error is collected, and only patterns the source lists are accepted.
+    A server older than pg_restore gets the archive as SQL through the compatibility filter (one transaction).
     """
     options = ["--no-owner", "--no-privileges", *(extra or [])]
-    returncode, stderr = run_pg_restore(tools, archive, dsn, options, restore_passes(tools, archive, jobs))
-    errors = [redact(e) for e in _PG_RESTORE_ERROR.findall(stderr)]
+    major = server_major_at(dsn)
+    if major < tools.major:  # pg_restore would send settings the older server rejects: SQL through our filter
+        returncode, stderr, _ = _pg_restore_through_psql(tools, archive, dsn, options, major)
+        errors = [redact(ln.strip()) for ln in stderr.splitlines() if "ERROR:" in ln or "error:" in ln]
+    else:
+        returncode, stderr = run_pg_restore(tools, archive, dsn, options, restore_passes(tools, archive, jobs))
+        errors = [redact(e) for e in _PG_RESTORE_ERROR.findall(stderr)]
     if returncode != 0 and not errors:
         errors = [one_line(redact(stderr)) or f"pg_restore exited with {returncode}"]
     patterns = [re.compile(p) for p in accepted]

@@ -132,7 +132,7 @@ def test_backup_role_with_one_second_timeouts_publishes(monkeypatch, pg18, tmp_p
     assert outcome.success, outcome.errors
     assert outcome.materialized["full_dump"]
     manifest = open_storage(source.target).read_manifest("roleto", backup_id)
-    assert manifest["passed"] is True
+    assert manifest.passed is True
 
 
 # --- 2. a locked table -----------------------------------------------------------------------------------
