@@ -285,10 +285,17 @@ def test_config_keys(tmp_path):
     ssh_public = load_public_key(PUBLIC_B64, "k").public_bytes(
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
     ).decode()
-    assert load_public_key(ssh_public, "k").public_bytes_raw() == base64.b64decode(PUBLIC_B64)
+    public_pem = load_public_key(PUBLIC_B64, "k").public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+    for text in (ssh_public, public_pem, "".join(public_pem.splitlines()[1:-1])):  # OpenSSH, PEM, one-line DER
+        assert load_public_key(text, "k").public_bytes_raw() == base64.b64decode(PUBLIC_B64)
+    one_line_private = "".join(PRIVATE_PEM.splitlines()[1:-1])
+    assert load_private_key(one_line_private, "k").public_key().public_bytes_raw() == base64.b64decode(PUBLIC_B64)
     for field, value, message in (
         ("verify_key", "not-a-key", "does not hold an Ed25519 public key"),
         ("verify_key", PRIVATE_PEM, "holds a private key"),
+        ("verify_key", "".join(PRIVATE_PEM.splitlines()[1:-1]), "holds a private key"),
         ("signing_key_env", "-----BEGIN", "must name an environment variable"),
     ):
         with pytest.raises(BackupError, match=f"invalid config field '{field}': .*{message}"):

@@ -12,7 +12,7 @@ age-encrypted file its ciphertext's path, size and sha256 (the entry's signed si
 which restore checks after decrypting). So every byte a restore uses has the hash the signer saw.
 
 Keys: PEM (PKCS#8 private, SubjectPublicKeyInfo public), OpenSSH (`ssh-ed25519 …`, `-----BEGIN OPENSSH PRIVATE
-KEY-----`), or the base64 of the 32 raw key bytes. A key's text never appears in a message, log or metadata:
+KEY-----`), or one line of base64: of the 32 raw key bytes, or of the DER (a PEM body without its armour). A key's text never appears in a message, log or metadata:
 errors name the environment variable or config field, never the value.
 """
 
@@ -39,15 +39,14 @@ if TYPE_CHECKING:
 CONTEXT = b"pg_backup_dagster manifest signature v1\n"
 # Keys of a file entry that describe how it is stored, not what it holds (only set on age-encrypted files).
 _STORAGE_KEYS = ("encrypted", "stored_path", "plain_size", "plain_sha256")
-_FORMATS = "PEM, OpenSSH or base64 of the 32 raw bytes"
+_FORMATS = "PEM, OpenSSH, or base64 of the 32 raw bytes or of the DER"
 
 
-def _raw_key_bytes(text: str) -> bytes | None:
+def _base64(text: str) -> bytes | None:
     try:
-        raw = base64.b64decode(text.strip(), validate=True)
+        return base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError):
         return None
-    return raw if len(raw) == 32 else None
 
 
 def load_private_key(text: str, what: str) -> Ed25519PrivateKey:
@@ -60,8 +59,9 @@ def load_private_key(text: str, what: str) -> Ed25519PrivateKey:
             key = serialization.load_ssh_private_key(data, password=None)
         elif data.startswith(b"-----BEGIN"):
             key = serialization.load_pem_private_key(data, password=None)
-        elif (raw := _raw_key_bytes(text)) is not None:
-            key = Ed25519PrivateKey.from_private_bytes(raw)
+        elif (raw := _base64(text)) is not None:
+            key = Ed25519PrivateKey.from_private_bytes(raw) if len(raw) == 32 else \
+                serialization.load_der_private_key(raw, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm):
         key = None  # the library's message may quote the input: never echoed
     if not isinstance(key, Ed25519PrivateKey):
@@ -73,7 +73,7 @@ def load_private_key(text: str, what: str) -> Ed25519PrivateKey:
 def load_public_key(text: str, what: str) -> Ed25519PublicKey:
     """An Ed25519 public key from its text; a private key is refused (it must not sit where public keys go)."""
     data = text.strip().encode("utf-8", "replace")
-    if b"PRIVATE KEY" in data:
+    if b"PRIVATE KEY" in data or _is_private_key(text):
         raise BackupError(f"{what} holds a private key: give the public key here (keep the private one in the "
                           "environment variable named by signing_key_env, on the backup side only)")
     key: Any = None
@@ -82,13 +82,26 @@ def load_public_key(text: str, what: str) -> Ed25519PublicKey:
             key = serialization.load_ssh_public_key(data)
         elif data.startswith(b"-----BEGIN"):
             key = serialization.load_pem_public_key(data)
-        elif (raw := _raw_key_bytes(text)) is not None:
-            key = Ed25519PublicKey.from_public_bytes(raw)
+        elif (raw := _base64(text)) is not None:
+            key = Ed25519PublicKey.from_public_bytes(raw) if len(raw) == 32 else serialization.load_der_public_key(raw)
     except (ValueError, TypeError, UnsupportedAlgorithm):
         key = None
     if not isinstance(key, Ed25519PublicKey):
         raise BackupError(f"{what} does not hold an Ed25519 public key ({_FORMATS})")
     return key
+
+
+def _is_private_key(text: str) -> bool:
+    """A private key in DER form (base64 of 32 bytes is read as a public key: the two cannot be told apart)."""
+    raw = _base64(text)
+    if raw is None or len(raw) == 32:
+        return False
+    try:
+        serialization.load_der_private_key(raw, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return False
+    register_secret("".join(text.split()))
+    return True
 
 
 def _b64(raw: bytes) -> str:
