@@ -30,6 +30,7 @@ from pg_backup_dagster.backup.signing import (
 from pg_backup_dagster.config import SourceConfig, load_config_file
 from pg_backup_dagster.defs.run import run_backup
 from pg_backup_dagster.errors import BackupError
+from pg_backup_dagster.storage import encrypt_file, generate_identity
 from pg_backup_dagster_tests.helpers import create_database
 from pg_backup_dagster_tests.restore_helpers import Published, back_up, cli
 
@@ -193,6 +194,35 @@ def test_a_named_but_unset_verify_key_variable_refuses(signed, monkeypatch, tmp_
     assert result.exit_code != 0
     assert one_error_line(result.output) == (
         "error: verify_key_env names PGBD_UNSET_VERIFY, which is not set: cannot check the backups' signatures"
+    )
+
+
+def test_age_encrypted_backup_on_s3_is_signed_over_its_plaintext(s3_env, bucket, s3_client, pg18, monkeypatch,
+                                                                  tmp_path):
+    secret, recipient = generate_identity()
+    monkeypatch.setenv(SIGNING_ENV, PRIVATE_PEM)
+    published = back_up(monkeypatch, "sigage", create_database(pg18, "sigage", SQL), f"s3://{bucket}/b", pg18.dsn(),
+                        signing_key_env=SIGNING_ENV, age_recipients=(recipient,))
+    keys = with_key(PG_BACKUP_AGE_IDENTITY=secret)
+    result = cli(published, "verify", "latest", env=keys)
+    assert result.exit_code == 0, result.output
+
+    # The recipient is public: an attacker can encrypt what they like to it and list it with matching hashes.
+    prefix = f"b/sigage/{published.backup_id}/"
+    manifest_key = prefix + "manifest.json"
+    document = json.loads(s3_client.get_object(Bucket=bucket, Key=manifest_key)["Body"].read())
+    entry = next(e for e in document["files"] if e["path"] == "shop/tables/orders/data.sql")
+    plain, sealed = tmp_path / "evil.sql", tmp_path / "evil.sql.age"
+    plain.write_bytes(b"COPY (SELECT 1) TO PROGRAM 'true';\n")
+    encrypt_file(plain, sealed, [recipient])
+    s3_client.put_object(Bucket=bucket, Key=prefix + entry["stored_path"], Body=sealed.read_bytes())
+    entry.update(size=sealed.stat().st_size, sha256=hashlib.sha256(sealed.read_bytes()).hexdigest(),
+                 plain_size=plain.stat().st_size, plain_sha256=hashlib.sha256(plain.read_bytes()).hexdigest())
+    s3_client.put_object(Bucket=bucket, Key=manifest_key, Body=json.dumps(document, indent=2).encode())
+    assert cli(published, "verify", "latest", env={"PG_BACKUP_AGE_IDENTITY": secret}).exit_code == 0
+    result = cli(published, "verify", "latest", env=keys)
+    assert result.exit_code != 0 and one_error_line(result.output) == (
+        f"error: signature of backup sigage/{published.backup_id} does not match the configured key"
     )
 
 
