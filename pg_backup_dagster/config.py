@@ -18,6 +18,7 @@ import yaml
 from cronsim import CronSim, CronSimError
 from psycopg.conninfo import conninfo_to_dict
 
+from pg_backup_dagster.backup.signing import load_public_key
 from pg_backup_dagster.errors import BackupError
 from pg_backup_dagster.retention.policy import RetentionPolicy
 from pg_backup_dagster.tiers.registry import TIER_NAMES as TIERS
@@ -29,6 +30,8 @@ WORK_DIR_ENV = "PG_BACKUP_WORK_DIR"
 RESTORE_TO_ENV = "PG_BACKUP_RESTORE_TO"
 WEBHOOK_ENV = "PG_BACKUP_WEBHOOK_URL"
 AGE_IDENTITY_ENV = "PG_BACKUP_AGE_IDENTITY"
+SIGNING_KEY_ENV = "PG_BACKUP_SIGNING_KEY"  # the env-configured source: private key, signs its manifests
+VERIFY_KEY_ENV = "PG_BACKUP_VERIFY_KEY"  # the env-configured source: public key, verify/restore require it
 S3_ADDRESSING_ENV = "PG_BACKUP_S3_ADDRESSING_STYLE"
 DAGSTER_PG_URL_ENV = "DAGSTER_PG_URL"
 DAGSTER_HOME_ENV = "DAGSTER_HOME"
@@ -68,6 +71,9 @@ class SourceConfig:
     storage_class: str | None = None
     part_size: int | None = None  # S3 multipart part size in bytes (default: 64 MiB, raised to fit 10,000 parts)
     age_recipients: tuple[str, ...] = ()
+    signing_key_env: str | None = None  # env variable holding the Ed25519 private key (backup side): signs manifests
+    verify_key: str | None = None  # the Ed25519 public key itself (public: fine in the file) ...
+    verify_key_env: str | None = None  # ... or the env variable holding it; either makes verify/restore check it
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
     retention_after_backup: bool = False
     freshness_hours: float | None = None
@@ -93,6 +99,16 @@ class SourceConfig:
         if self.schedule is not None:
             _check(_is_cron(self.schedule), "schedule", f"{self.schedule!r} is not a cron expression")
         _check(_is_timezone(self.timezone), "timezone", f"{self.timezone!r} is not an IANA time zone")
+        for name in ("signing_key_env", "verify_key_env"):
+            value = getattr(self, name)
+            _check(value is None or _is_env_name(value), name,
+                   "must name an environment variable (the key itself never goes into the config file)")
+        if self.verify_key is not None:
+            _check(not self.verify_key_env, "verify_key", "set verify_key or verify_key_env, not both")
+            try:
+                load_public_key(self.verify_key, "it")
+            except BackupError as exc:
+                raise BackupError(f"invalid config field 'verify_key': {exc}") from None
         if self.dsn is not None:
             _check(not _has_password(self.dsn), "dsn", "must not contain a password: use dsn_env or PGPASSFILE")
 
@@ -142,6 +158,10 @@ def _is_timezone(name: str) -> bool:
     except (ZoneInfoNotFoundError, ValueError):
         return False
     return True
+
+
+def _is_env_name(name: object) -> bool:
+    return isinstance(name, str) and re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name) is not None
 
 
 def _check(ok: bool, field_name: str, message: str) -> None:
@@ -198,7 +218,8 @@ def load_config_file(path: Path) -> list[SourceConfig]:
 
 
 def source_from_env(env: dict[str, str]) -> SourceConfig:
-    """The single-source setup: PG_BACKUP_DATABASE_URL, PG_BACKUP_TARGET, PG_BACKUP_SOURCE, PG_BACKUP_PROFILE.
+    """The single-source setup: PG_BACKUP_DATABASE_URL, PG_BACKUP_TARGET, PG_BACKUP_SOURCE, PG_BACKUP_PROFILE
+    (and PG_BACKUP_SIGNING_KEY / PG_BACKUP_VERIFY_KEY when set: that source signs / checks signatures).
 
     It backs up daily unless PG_BACKUP_SCHEDULE says otherwise (`off` disables the schedule): a backup service
     that never backs up until told would be a trap.
@@ -211,6 +232,10 @@ def source_from_env(env: dict[str, str]) -> SourceConfig:
     schedule = env.get("PG_BACKUP_SCHEDULE") or DEFAULT_SCHEDULE
     if schedule.strip().lower() != "off":
         values["schedule"] = schedule
+    if env.get(SIGNING_KEY_ENV):
+        values["signing_key_env"] = SIGNING_KEY_ENV
+    if env.get(VERIFY_KEY_ENV):
+        values["verify_key_env"] = VERIFY_KEY_ENV
     if env.get("PG_BACKUP_MAX_CONNECTIONS"):
         values["max_connections"] = _int_env(env, "PG_BACKUP_MAX_CONNECTIONS")
     return source_from_mapping(values, "from environment")

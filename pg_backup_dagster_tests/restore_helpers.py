@@ -7,6 +7,7 @@ import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import psycopg
@@ -45,12 +46,15 @@ class Published:
     env: dict[str, str]
 
 
-def back_up(monkeypatch: pytest.MonkeyPatch, name: str, dsn: str, target: str, restore_server: str) -> Published:
+def back_up(
+    monkeypatch: pytest.MonkeyPatch, name: str, dsn: str, target: str, restore_server: str, **settings: Any
+) -> Published:
     """One backup run of the database at dsn through Dagster (job backup_{name}); fails the test if it fails.
 
     The source's env variables are set with monkeypatch (a module-scoped fixture passes its own
     `pytest.MonkeyPatch.context()`), so they end with the caller's scope. The checks restore on
-    restore_server (a running server's maintenance DSN) rather than on throwaway servers.
+    restore_server (a running server's maintenance DSN) rather than on throwaway servers. settings: more
+    SourceConfig fields (say, signing_key_env).
     """
     env_var, restore_var = f"PGBD_TEST_{name.upper()}_DSN", f"PGBD_TEST_{name.upper()}_RESTORE_URL"
     env = {env_var: dsn, restore_var: restore_server}
@@ -58,7 +62,8 @@ def back_up(monkeypatch: pytest.MonkeyPatch, name: str, dsn: str, target: str, r
         monkeypatch.setenv(key, value)
     # restore_jobs=1: the check's parallel pg_restore can deadlock on the hostile schema's foreign key to a
     # partitioned table (PostgreSQL, ~1 run in 20); restore.py avoids it with a separate foreign-key pass.
-    source = SourceConfig(name=name, dsn_env=env_var, target=target, restore_url_env=restore_var, restore_jobs=1)
+    source = SourceConfig(name=name, dsn_env=env_var, target=target, restore_url_env=restore_var, restore_jobs=1,
+                          **settings)
     with dg.instance_for_test() as instance:
         outcome = run_backup(source, [source], instance)
     assert outcome.success, outcome.errors

@@ -102,6 +102,15 @@ class Encryption(BaseModel):
     recipients: list[str]
 
 
+class Signature(BaseModel):
+    """An Ed25519 signature over the manifest (backup/signing.py says exactly which bytes), and its key's id."""
+
+    model_config = ConfigDict(extra="forbid")
+    algorithm: Literal["ed25519"] = "ed25519"
+    key_id: str
+    value: str
+
+
 class Manifest(BaseModel):
     """The whole manifest.json of one backup."""
 
@@ -123,16 +132,18 @@ class Manifest(BaseModel):
     checks: dict[str, CheckRecord]
     passed: bool
     encryption: Encryption | None = None
+    signature: Signature | None = None
 
     @field_serializer("started_at", "finished_at")
     def _iso(self, value: datetime) -> str:
         return value.isoformat()
 
     @model_serializer(mode="wrap")
-    def _without_absent_encryption(self, handler: Any) -> dict[str, Any]:
+    def _without_absent_keys(self, handler: Any) -> dict[str, Any]:
         document = handler(self)
-        if document.get("encryption") is None:
-            document.pop("encryption", None)
+        for key in ("encryption", "signature"):
+            if document.get(key) is None:
+                document.pop(key, None)
         return document
 
     def to_bytes(self) -> bytes:

@@ -14,6 +14,7 @@ from typing import Any
 from pg_backup_dagster.backup.backup_id import parse_backup_id
 from pg_backup_dagster.backup.manifest import FileEntry, Manifest, TableRows
 from pg_backup_dagster.backup.restore_doc import CHECKSUMS_NAME, RESTORE_DOC_NAME, write_checksums, write_restore_doc
+from pg_backup_dagster.backup.signing import check_signature, sign_manifest, source_signing_key
 from pg_backup_dagster.backup.staging import Staging
 from pg_backup_dagster.backup.state import DumpsState, TablesState
 from pg_backup_dagster.config import SourceConfig
@@ -92,6 +93,8 @@ class Published:
         m = self.manifest
         rows = "\n".join(f"| {tier} | {human_bytes(size)} |" for tier, size in sorted(self.totals_by_tier().items()))
         checks = "\n".join(f"- {name}: {'passed' if c.passed else 'FAILED'}" for name, c in m.checks.items())
+        if m.signature is not None:
+            checks += f"\n- manifest signed ({m.signature.algorithm}, key {m.signature.key_id})"
         return (
             f"**Backup {m.backup_id}** of `{m.source}` → {self.location}\n\n"
             f"{len(m.files)} files, {len(m.tables)} tables, PostgreSQL {m.server_major}, "
@@ -107,7 +110,11 @@ class Published:
 def publish_backup(
     source: SourceConfig, storage: BackupRepository, staging: Staging, log: logging.Logger
 ) -> Published:
-    """Publish a staged backup whose checks passed; manifest last; latest.json only after that."""
+    """Publish a staged backup whose checks passed; manifest last; latest.json only after that.
+
+    With a signing key, the manifest is signed before anything is stored (a backup never exists unsigned), and
+    the stored manifest is checked against the key's public half before latest.json moves to it.
+    """
     write_restore_doc(source.name, staging)
     digests = {rel: sha256_file(staging.root / rel) for rel in staged_files(staging.root) if rel != CHECKSUMS_NAME}
     write_checksums(staging, digests)
@@ -116,7 +123,13 @@ def publish_backup(
     if not manifest.passed:
         failed = manifest.failed_checks() or ["no check ran"]
         raise BackupError(f"backup {staging.backup_id} not published: checks did not pass ({', '.join(failed)})")
+    signing_key = source_signing_key(source)
+    if signing_key is not None:
+        manifest = sign_manifest(manifest, signing_key)
     location = storage.publish(source.name, staging.backup_id, manifest)
+    if signing_key is not None:
+        stored = storage.read_manifest(source.name, staging.backup_id)
+        check_signature(stored, signing_key.public_key(), source.name, staging.backup_id)
     storage.write_latest(source.name, staging.backup_id, {
         "backup_id": staging.backup_id, "location": location,
         "published_at": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -20,6 +20,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pg_backup_dagster.backup.manifest import FileEntry, Manifest
+from pg_backup_dagster.backup.signing import check_signature, source_verify_key
 from pg_backup_dagster.config import RESTORE_TO_ENV, WORK_DIR_ENV, SourceConfig, setting
 from pg_backup_dagster.errors import BackupError, one_line, redact, register_secret
 from pg_backup_dagster.pg.sql import existing_tables, quote_ident, server_major_at
@@ -159,7 +160,12 @@ class OpenedBackup:
 
 
 def open_backup(source: SourceConfig, backup_id: str) -> OpenedBackup:
-    """The backup `backup_id` (or `latest`) of a source, from its target."""
+    """The backup `backup_id` (or `latest`) of a source, from its target.
+
+    With a verify key configured, a manifest that is unsigned or not signed by that key is refused here, before
+    any file is fetched (so neither verify nor restore reads, let alone runs, what it lists).
+    """
+    public_key = source_verify_key(source)  # a named but unset key variable fails before the target is read
     storage = open_source_storage(source)
     if backup_id == "latest":
         latest = storage.read_latest(source.name)
@@ -167,6 +173,8 @@ def open_backup(source: SourceConfig, backup_id: str) -> OpenedBackup:
             raise BackupError(f"source '{source.name}' has no latest backup at {storage.url}")
         backup_id = latest["backup_id"]
     manifest = storage.read_manifest(source.name, backup_id)
+    if public_key is not None:
+        check_signature(manifest, public_key, source.name, backup_id)
     return OpenedBackup(source, storage, backup_id, manifest)
 
 

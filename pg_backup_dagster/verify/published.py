@@ -39,7 +39,11 @@ def archive_problem(pg_restore: str, path: Path) -> str | None:
 def verify_backup(
     source: SourceConfig, backup_id: str, *, full_restore: bool = False, restore_url: str | None = None
 ) -> VerifyReport:
-    """Check one published backup file by file (one file on local disk at a time)."""
+    """Check one published backup file by file (one file on local disk at a time).
+
+    With a verify key configured for the source, the manifest's signature is checked first (in open_backup): a
+    bad or missing signature ends verify with one line before any file is fetched.
+    """
     backup = open_backup(source, backup_id)
     report = VerifyReport(backup.backup_id)
     tools = find_tools(source.pg_bin)
