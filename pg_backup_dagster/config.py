@@ -20,6 +20,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from pg_backup_dagster.backup.signing import load_public_key
 from pg_backup_dagster.errors import BackupError
+from pg_backup_dagster.files import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, parse_mode
 from pg_backup_dagster.retention.policy import RetentionPolicy
 from pg_backup_dagster.tiers.registry import TIER_NAMES as TIERS
 
@@ -45,6 +46,7 @@ def setting(name: str, env: Mapping[str, str] | None = None) -> str | None:
 DEFAULT_SCHEDULE = "0 3 * * *"  # the env-configured source: daily at 03:00 (its timezone, UTC by default)
 SOURCE_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
 PROFILES = ("plain", "supabase")
+RECHECK_MODES = ("size", "sha256")
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,9 @@ class SourceConfig:
     tiers: tuple[str, ...] = TIERS
     lock_timeout_seconds: float = 60.0  # how long any session of the backup waits for a table lock, then fails
     max_runtime_minutes: int | None = 1440  # a backup run still going after this is failed (dagster/max_runtime)
+    file_mode: int = PRIVATE_FILE_MODE  # local targets: mode of every file written (octal string or int in YAML)
+    dir_mode: int = PRIVATE_DIR_MODE  # local targets: mode of every folder created, `.staging` included
+    retention_verify: str = "size"  # what retention re-checks before deleting: "size" (and existence) or "sha256"
 
     def __post_init__(self) -> None:
         _check(SOURCE_NAME_RE.match(self.name) is not None, "name", f"{self.name!r} must match [a-z][a-z0-9_]*")
@@ -111,6 +116,13 @@ class SourceConfig:
                 raise BackupError(f"invalid config field 'verify_key': {exc}") from None
         if self.dsn is not None:
             _check(not _has_password(self.dsn), "dsn", "must not contain a password: use dsn_env or PGPASSFILE")
+        for name in ("file_mode", "dir_mode"):
+            try:
+                object.__setattr__(self, name, parse_mode(name, getattr(self, name), directory=name == "dir_mode"))
+            except BackupError as exc:
+                raise BackupError(f"invalid config field '{name}': {exc}") from None
+        _check(self.retention_verify in RECHECK_MODES, "retention_verify",
+               f"{self.retention_verify!r} must be one of {', '.join(RECHECK_MODES)}")
 
     def database_url(self) -> str | None:
         """The source's connection string: inline (no password) or from its environment variable."""

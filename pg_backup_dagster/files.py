@@ -19,6 +19,9 @@ from typing import BinaryIO
 from pg_backup_dagster.errors import BackupError
 
 CHUNK_SIZE = 1 << 20
+# Backups hold every row of a database: by default only their owner may read them, whatever the umask.
+PRIVATE_FILE_MODE = 0o600
+PRIVATE_DIR_MODE = 0o700
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,60 @@ def sha256_file(path: Path) -> Digest:
     except OSError as exc:
         raise BackupError(f"cannot read {path}: {exc.strerror or exc}") from None
     return Digest(size, digest.hexdigest())
+
+
+def hash_stream(src: BinaryIO) -> Digest:
+    """Size and sha256 of a stream, read in chunks (a stored object checked without a local copy)."""
+    digest = hashlib.sha256()
+    size = 0
+    while chunk := src.read(CHUNK_SIZE):
+        digest.update(chunk)
+        size += len(chunk)
+    return Digest(size, digest.hexdigest())
+
+
+def parse_mode(name: str, value: object, *, directory: bool) -> int:
+    """A permission mode from config: an int (YAML's 0o640 or 0640) or an octal string ("0640", "640").
+
+    The owner must keep read and write (and search, for a folder); files get no execute bit; nothing above
+    0o777 (setuid, sticky), which is also what a decimal 640 typed without the leading 0 would be.
+    """
+    if isinstance(value, str) and value.strip():
+        text = value.strip().lower().removeprefix("0o")
+        if not all(ch in "01234567" for ch in text):
+            raise BackupError(f"{name} {value!r} is not an octal mode such as {'0700' if directory else '0600'}")
+        mode = int(text, 8)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        mode = value
+    else:
+        raise BackupError(f"{name} must be an octal mode such as {'0700' if directory else '0600'}, got {value!r}")
+    owner = 0o700 if directory else 0o600
+    if not 0 <= mode <= 0o777:
+        raise BackupError(f"{name} {value!r} is not a permission mode (0000-0777; write it as a string: '0640')")
+    if mode & owner != owner:
+        raise BackupError(f"{name} {oct(mode)} must let the owner {'read, write and enter' if directory else 'read and write'}")
+    if not directory and mode & 0o111:
+        raise BackupError(f"{name} {oct(mode)} must not make backup files executable")
+    return mode
+
+
+def make_dirs(path: Path, mode: int) -> None:
+    """mkdir -p where every folder created gets exactly `mode` (the umask only ever removes bits)."""
+    missing: list[Path] = []
+    current = path
+    while not current.is_dir():
+        missing.append(current)
+        if current.parent == current:
+            break
+        current = current.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=mode)
+        except FileExistsError:
+            if not folder.is_dir():
+                raise
+            continue
+        os.chmod(folder, mode)
 
 
 def copy_hashing(src: BinaryIO, dest: Path) -> Digest:

@@ -76,3 +76,11 @@ def test_pg_dump_older_than_server_is_refused(pg18, tmp_path):
     result = run_cli(["backup"], {"PG_BACKUP_DATABASE_URL": dsn, "PG_BACKUP_PG_BIN": str(PG15_BIN)}, tmp_path)
     assert_one_clean_line(result, "pg_dump 15", tmp_path)
     assert "PostgreSQL 18" in result.stderr
+
+
+def test_backup_id_in_the_future(pg18, tmp_path):
+    """A 2099 id would hold retention's newest and keep slots until 2099: refused before anything is written."""
+    dsn = pg18.dsn()
+    result = run_cli(["backup", "--backup-id", "2099-01-01T00-00-00Z"], {"PG_BACKUP_DATABASE_URL": dsn}, tmp_path)
+    assert_one_clean_line(result, "more than 5 minutes in the future", tmp_path)
+    assert not (tmp_path / "target" / "main").exists()

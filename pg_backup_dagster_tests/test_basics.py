@@ -27,6 +27,16 @@ def test_invalid_backup_ids_are_rejected(bad):
         validate_backup_id(bad)
 
 
+def test_backup_ids_in_the_future_are_refused():
+    now = datetime(2026, 11, 30, 9, 0, 0, tzinfo=UTC)
+    assert validate_backup_id("2026-11-30T09-04-59Z", now) == "2026-11-30T09-04-59Z"  # clock skew allowed
+    for future in ("2026-11-30T09-05-01Z", "2099-01-01T00-00-00Z"):
+        with pytest.raises(BackupError, match="more than 5 minutes in the future"):
+            validate_backup_id(future, now)
+    with pytest.raises(BackupError, match="in the future"):
+        validate_backup_id("2099-01-01T00-00-00Z")  # the real clock by default
+
+
 @given(st.text(min_size=1, max_size=63).filter(lambda s: "\x00" not in s))
 def test_segments_are_reversible_and_cannot_leave_their_folder(name):
     segment = encode_segment(name)

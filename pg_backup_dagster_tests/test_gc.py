@@ -7,6 +7,7 @@ the run created its staging folder, exactly what a crash or outage leaves behind
 from __future__ import annotations
 
 import os
+import stat
 import time
 from pathlib import Path
 
@@ -91,3 +92,54 @@ def test_next_run_and_gc_remove_leftovers_of_failed_runs_but_never_a_backup(sour
     assert storage.list_backups("gcsrc") == [GOOD]
     assert storage.read_latest("gcsrc")["backup_id"] == GOOD
     storage.fetch("gcsrc", GOOD, tmp_path / "check")  # every file still matches its sha256
+
+
+def test_a_symlinked_staging_is_never_swept_by_gc_or_after_a_backup(sources, tmp_path, monkeypatch) -> None:
+    """`.staging` points at another folder holding files older than an hour: neither `gc --apply` nor the
+    sweep after a backup deletes them; the backup refuses to stage through the link and says so."""
+    good, _ = sources
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "photos").mkdir(parents=True)
+    (elsewhere / "photos" / "2019.jpg").write_bytes(b"precious")
+    (elsewhere / "notes.txt").write_text("precious")
+    backdate(elsewhere, 2 * 3600)
+    source_dir = Path(good.target) / "gcsrc"
+    source_dir.mkdir(parents=True)
+    (source_dir / ".staging").symlink_to(elsewhere, target_is_directory=True)
+
+    with dg.instance_for_test() as instance:
+        outcome = run_backup(good, [good], instance, backup_id=GOOD)
+    assert not outcome.success
+    assert any(".staging is a symlink" in error for error in outcome.errors), outcome.errors
+
+    config = tmp_path / "sources.yaml"
+    config.write_text(yaml.safe_dump({"sources": [{"name": "gcsrc", "dsn_env": DSN_ENV, "target": good.target}]}))
+    monkeypatch.setenv("PG_BACKUP_CONFIG", str(config))
+    swept = CliRunner().invoke(app, ["gc", "--apply", "--min-age", "0"])
+    assert swept.exit_code == 0, swept.output
+    assert "removed 0 leftover(s)" in swept.output and "refusing to stage or sweep through it" in swept.output
+    assert (elsewhere / "photos" / "2019.jpg").read_bytes() == b"precious"
+    assert (elsewhere / "notes.txt").read_text() == "precious"
+
+
+def test_backup_files_are_private_under_umask_022(sources, tmp_path) -> None:
+    """Published files 0600, folders 0700, and a failed run's staging behind a 0700 folder."""
+    good, broken = sources
+    previous = os.umask(0o022)
+    try:
+        with dg.instance_for_test() as instance:
+            assert not run_backup(broken, [broken], instance, backup_id=OLD_FAILED).success
+            outcome = run_backup(good, [good], instance, backup_id=GOOD)
+            assert outcome.success, outcome.errors
+    finally:
+        os.umask(previous)
+    source_dir = Path(good.target) / "gcsrc"
+    folder = source_dir / GOOD
+    entries = [folder, *folder.rglob("*")]
+    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in entries if p.is_dir()} == {"0o700"}
+    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in entries if p.is_file()} == {"0o600"}
+    assert any(p.name == f"database_full_{GOOD}.dump" for p in entries) and (folder / "roles.sql").is_file()
+    assert oct(stat.S_IMODE((source_dir / "latest.json").stat().st_mode)) == "0o600"
+    for private_dir in (source_dir, source_dir / ".staging"):
+        assert oct(stat.S_IMODE(private_dir.stat().st_mode)) == "0o700"
+    assert (source_dir / ".staging" / OLD_FAILED).is_dir(), "the failed run's staging stays for gc, unreadable"

@@ -67,9 +67,11 @@ def gc(
 
     for chosen in chosen_sources(source):
         storage = open_source_storage(chosen)
-        found = storage.gc(chosen.name, min_age=min_age, dry_run=not apply)
+        report = storage.sweep(chosen.name, min_age=min_age, dry_run=not apply, how=chosen.retention_verify)
         verb = "removed" if apply else "would remove"
-        typer.echo(f"source '{chosen.name}' at {storage.url}: {verb} {len(found)} leftover(s) untouched for "
+        typer.echo(f"source '{chosen.name}' at {storage.url}: {verb} {len(report.removed)} leftover(s) untouched for "
                    f"{min_age:g} s" + ("" if apply else "; pass --apply to remove them"))
-        for path in found:
+        for path in report.removed:
             typer.echo(f"  {verb} {path}")
+        for note in report.notes:
+            typer.echo(f"  note: {note}")

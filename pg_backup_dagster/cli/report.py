@@ -33,7 +33,11 @@ def print_outcome(outcome: BackupOutcome, source: SourceConfig) -> None:
 
 
 def print_backup_list(source: SourceConfig) -> None:
-    """One line per published backup: id, size, tables, checks."""
+    """One line per published backup: id, size, tables, checks (a failed re-check of its files overrides the
+    manifest's "passed"), and when and how its files were last re-checked."""
+    from pg_backup_dagster.backup.backup_id import future_problem, parse_backup_id
+    from pg_backup_dagster.errors import BackupError
+
     storage = open_source_storage(source)
     ids = storage.list_backups(source.name)
     latest = (storage.read_latest(source.name) or {}).get("backup_id")
@@ -42,7 +46,18 @@ def print_backup_list(source: SourceConfig) -> None:
         return
     for backup_id in ids:
         manifest = storage.read_manifest(source.name, backup_id)
-        checks = "passed" if manifest.passed else "FAILED"
+        try:
+            recheck = storage.read_recheck(source.name, backup_id)
+            verified = recheck.summary() if recheck else "never re-checked"
+        except BackupError as exc:
+            recheck, verified = None, f"re-check marker unreadable: {exc}"
+        failed_recheck = recheck is not None and not recheck.passed
+        checks = "passed" if manifest.passed and not failed_recheck else "FAILED"
         mark = "  <- latest" if backup_id == latest else ""
+        try:
+            future = future_problem(parse_backup_id(backup_id))
+        except BackupError:
+            future = None
+        flag = f"  (id {future}: ignored by retention)" if future else ""
         typer.echo(f"{backup_id}  {human_bytes(manifest.total_size):>10}  {len(manifest.tables):>5} tables  "
-                   f"checks {checks}{mark}")
+                   f"checks {checks}  {verified}{mark}{flag}")

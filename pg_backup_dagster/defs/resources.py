@@ -49,6 +49,8 @@ class BackupTargetResource(dg.ConfigurableResource):
     storage_class: str | None = None
     part_size: int | None = None
     age_recipients: list[str] = []
+    file_mode: int = 0o600
+    dir_mode: int = 0o700
 
     def open(self) -> BackupRepository:
         return open_source_storage(self)
@@ -66,5 +68,6 @@ def source_resources(source: SourceConfig, dsn: str | None = None) -> dict[str, 
         target_key(source): BackupTargetResource(
             target=source.target, sse=source.sse, kms_key_id=source.kms_key_id, storage_class=source.storage_class,
             age_recipients=list(source.age_recipients), part_size=source.part_size,
+            file_mode=source.file_mode, dir_mode=source.dir_mode,
         ),
     }

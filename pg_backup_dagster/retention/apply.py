@@ -5,22 +5,33 @@ published (manifests under the source's own prefix, nothing else), adds the one 
 know about (the backup latest.json points to is never deleted), then deletes backups and the dynamic
 partition keys of what it deleted. The CLI, the `retention_{source}` job and the after-backup hook all
 come through `run_retention`, so they cannot disagree.
+
+"Passed" is not trusted as written once: before planning, the stored files are re-checked against their
+manifests (`recheck_records`): the newest passing backup with the source's `retention_verify` (size, or
+sha256), walking down until one holds, every other passing one by size. A backup that fails is marked
+(verify.json beside its manifest), logged as an error, and planned as failed: it never takes a keep slot.
+Nothing is deleted unless a backup re-checked intact just now stays; without one the run fails. Ids in
+the future are ignored and reported: they would hold "newest" and keep slots until their date.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import dagster as dg
 
-from pg_backup_dagster.backup.backup_id import parse_backup_id
+from pg_backup_dagster.backup.backup_id import future_problem, parse_backup_id
+from pg_backup_dagster.backup.manifest import Manifest
 from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.constants import backup_job_name
 from pg_backup_dagster.errors import BackupError
 from pg_backup_dagster.retention.policy import BackupRecord, RetentionPlan, plan_retention
 from pg_backup_dagster.storage import DEFAULT_GC_MIN_AGE, BackupRepository
+from pg_backup_dagster.storage.repository import Recheck
+
+log = logging.getLogger(__name__)
 
 LATEST_GUARD = "latest.json points here"
 # A run in one of these states may still be writing its staging dir.
@@ -41,6 +52,8 @@ class RetentionResult:
     plan: RetentionPlan
     skipped: dict[str, str] = field(default_factory=dict)
     deleted: list[str] = field(default_factory=list)
+    rechecks: dict[str, Recheck] = field(default_factory=dict)
+    intact: str | None = None  # the newest backup whose files were re-checked intact by this run
 
     def lines(self, applied: bool) -> list[str]:
         """One line per backup, oldest first, for the CLI and the run log."""
@@ -48,13 +61,24 @@ class RetentionResult:
         gone = "deleted" if applied else "delete"
         rows += [(r.backup_id, gone, self.plan.reasons[r.backup_id]) for r in self.plan.delete]
         rows += [(backup_id, "skip", why) for backup_id, why in self.skipped.items()]
-        return [f"{action:<7} {backup_id}  {why}" for backup_id, action, why in sorted(rows)]
+        lines = [f"{action:<7} {backup_id}  {why}" for backup_id, action, why in sorted(rows)]
+        return lines + [f"checked {backup_id}  {check.summary()}" for backup_id, check in sorted(self.rechecks.items())]
 
 
 def load_records(storage: BackupRepository, source: str) -> tuple[list[BackupRecord], dict[str, str]]:
-    """Records of the source's published backups; anything unreadable or not ours is skipped, never deleted."""
+    """Records of the source's published backups; anything unreadable or not ours is skipped, never deleted.
+
+    A backup whose recorded re-check failed is a failed record; one whose id is in the future (by the real
+    clock) is skipped.
+    """
+    records, skipped, _ = _load(storage, source)
+    return records, skipped
+
+
+def _load(storage: BackupRepository, source: str) -> tuple[list[BackupRecord], dict[str, str], dict[str, Manifest]]:
     records: list[BackupRecord] = []
     skipped: dict[str, str] = {}
+    manifests: dict[str, Manifest] = {}
     for backup_id in storage.list_backups(source):
         try:
             started = parse_backup_id(backup_id)
@@ -65,8 +89,48 @@ def load_records(storage: BackupRepository, source: str) -> tuple[list[BackupRec
         if manifest.source != source or manifest.backup_id != backup_id:
             skipped[backup_id] = "not considered: manifest names another source or backup id"
             continue
-        records.append(BackupRecord(backup_id, started, manifest.passed))
-    return records, skipped
+        if problem := future_problem(started):
+            skipped[backup_id] = f"not considered: backup id {problem}"
+            log.error("retention of %s: ignoring backup %s: its id %s", source, backup_id, problem)
+            continue
+        failed = storage.failed_recheck(source, backup_id)
+        records.append(BackupRecord(backup_id, started, manifest.passed and failed is None))
+        manifests[backup_id] = manifest
+    return records, skipped, manifests
+
+
+def recheck_records(
+    storage: BackupRepository,
+    source: SourceConfig,
+    records: list[BackupRecord],
+    manifests: dict[str, Manifest],
+    *,
+    record: bool,
+) -> tuple[list[BackupRecord], dict[str, Recheck], str | None]:
+    """Re-check the stored files of every passing backup now; returns the records with failures demoted,
+    the re-checks, and the newest backup found intact (None if none is).
+
+    Newest first: the configured `retention_verify` until one backup holds, then size checks (one listing
+    per backup). With record, each result is written to the backup's verify.json.
+    """
+    rechecks: dict[str, Recheck] = {}
+    demoted: set[str] = set()
+    intact: str | None = None
+    for rec in sorted(records, key=lambda r: (r.started_at, r.backup_id), reverse=True):
+        if not rec.passed:
+            continue
+        how = source.retention_verify if intact is None else "size"
+        check = storage.recheck_backup(source.name, rec.backup_id, manifests[rec.backup_id], how=how,
+                                       by="retention", record=record)
+        rechecks[rec.backup_id] = check
+        if check.passed:
+            intact = intact or rec.backup_id
+            continue
+        demoted.add(rec.backup_id)
+        log.error("backup %s/%s at %s fails its re-check and no longer counts as passing: %s", source.name,
+                  rec.backup_id, storage.backup_url(source.name, rec.backup_id), "; ".join(check.problems[:5]))
+    records = [replace(r, passed=False) if r.backup_id in demoted else r for r in records]
+    return records, rechecks, intact
 
 
 def guard_latest(plan: RetentionPlan, latest_id: str | None) -> RetentionPlan:
@@ -79,13 +143,31 @@ def guard_latest(plan: RetentionPlan, latest_id: str | None) -> RetentionPlan:
     return RetentionPlan(keep=keep, delete=delete, reasons={**plan.reasons, latest_id: LATEST_GUARD})
 
 
-def plan_for_source(source: SourceConfig, storage: BackupRepository, now: datetime | None = None) -> RetentionResult:
-    """The plan for one source as it stands in storage, with the latest.json guard applied."""
-    records, skipped = load_records(storage, source.name)
+def plan_for_source(
+    source: SourceConfig, storage: BackupRepository, now: datetime | None = None, *, record: bool = False
+) -> RetentionResult:
+    """The plan for one source as it stands in storage now (files re-checked), with the latest.json guard.
+
+    BackupError when the plan would delete something while no backup re-checked intact stays.
+    """
+    records, skipped, manifests = _load(storage, source.name)
+    rechecks: dict[str, Recheck] = {}
+    intact = None
+    if not source.retention.is_empty():  # an empty policy deletes nothing: nothing to guard
+        records, rechecks, intact = recheck_records(storage, source, records, manifests, record=record)
+        if records and intact is None:
+            log.error("retention of %s: no backup re-checks intact; nothing deleted", source.name)
+            raise BackupError(
+                f"retention of source '{source.name}' at {storage.url}: no backup passes its checks and a re-check "
+                f"of its files now ({len(records)} with a manifest); nothing deleted"
+            )
     plan = plan_retention(records, source.retention, now or datetime.now(UTC))
     latest = storage.read_latest(source.name) or {}
     plan = guard_latest(plan, latest.get("backup_id"))
-    return RetentionResult(source.name, storage.url, plan, skipped)
+    if plan.delete and intact not in {r.backup_id for r in plan.keep}:
+        raise BackupError(f"retention of source '{source.name}': the plan would not keep {intact}, the newest "
+                          "backup re-checked intact; nothing deleted")
+    return RetentionResult(source.name, storage.url, plan, skipped, rechecks=rechecks, intact=intact)
 
 
 def run_retention(
@@ -97,7 +179,7 @@ def run_retention(
     now: datetime | None = None,
 ) -> RetentionResult:
     """Plan, and with apply delete each planned backup (manifest first) and then its partition key."""
-    result = plan_for_source(source, storage, now)
+    result = plan_for_source(source, storage, now, record=apply)
     if not apply:
         return result
     known = set(instance.get_dynamic_partitions(source.partitions_name)) if instance is not None else set()
@@ -133,8 +215,11 @@ def after_publish(
         logger.info("another backup run of this source is in progress: leftover cleanup skipped")
     else:
         try:
-            for path in storage.gc(source.name, min_age=DEFAULT_GC_MIN_AGE):
+            swept = storage.sweep(source.name, min_age=DEFAULT_GC_MIN_AGE, how=source.retention_verify)
+            for path in swept.removed:
                 logger.info(f"removed leftover of an earlier failed run: {path}")
+            for note in swept.notes:
+                logger.warning(f"cleanup: {note}")
         except BackupError as exc:
             logger.warning(f"cleanup of earlier failed runs incomplete (run `pg-backup-dagster gc`): {exc}")
     if not source.retention_after_backup:

@@ -13,6 +13,7 @@ from typing import Protocol
 from urllib.parse import unquote, urlparse
 
 from pg_backup_dagster.errors import BackupError
+from pg_backup_dagster.files import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE
 from pg_backup_dagster.storage.base import ObjectStore
 from pg_backup_dagster.storage.encryption import IDENTITY_ENV, decrypt_file, encrypt_file, generate_identity
 from pg_backup_dagster.storage.local import LocalStorage
@@ -53,6 +54,10 @@ class TargetSettings(Protocol):
     def part_size(self) -> int | None: ...
     @property
     def age_recipients(self) -> Sequence[str]: ...
+    @property
+    def file_mode(self) -> int | str: ...
+    @property
+    def dir_mode(self) -> int | str: ...
 
 
 def open_source_storage(settings: TargetSettings) -> BackupRepository:
@@ -64,6 +69,8 @@ def open_source_storage(settings: TargetSettings) -> BackupRepository:
         storage_class=settings.storage_class,
         part_size=settings.part_size,
         recipients=list(settings.age_recipients) or None,
+        file_mode=settings.file_mode,
+        dir_mode=settings.dir_mode,
     )
 
 
@@ -75,11 +82,13 @@ def open_storage(
     storage_class: str | None = None,
     part_size: int | None = None,
     recipients: list[str] | None = None,
+    file_mode: int | str = PRIVATE_FILE_MODE,
+    dir_mode: int | str = PRIVATE_DIR_MODE,
 ) -> BackupRepository:
     """The backups at a target URL: a path, file:///path, or s3://bucket/prefix.
 
     S3 targets check the bucket at open (missing bucket or denied access fail here, clearly); local
-    targets are created if needed and must be writable.
+    targets are created if needed and must be writable, and what they write gets file_mode / dir_mode.
     """
     if not isinstance(url, str) or not url.strip():
         raise BackupError("backup target is empty: set a directory or s3://bucket/prefix")
@@ -93,7 +102,7 @@ def open_storage(
     elif sse or kms_key_id or storage_class:
         raise BackupError("sse, kms_key_id and storage_class apply to s3:// targets only")
     else:
-        store = LocalStorage(_parse_local(url))
+        store = LocalStorage(_parse_local(url), file_mode=file_mode, dir_mode=dir_mode)
     return BackupRepository(store, recipients=recipients)
 
 

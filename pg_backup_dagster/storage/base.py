@@ -17,10 +17,11 @@ from pg_backup_dagster.files import Digest
 
 @dataclass(frozen=True)
 class StoredObject:
-    """One stored file: its key and when it was last written (seconds since the epoch)."""
+    """One stored file: its key, when it was last written (seconds since the epoch) and its size in bytes."""
 
     key: str
     modified: float
+    size: int = -1  # -1: the backend did not say
 
 
 @dataclass(frozen=True)

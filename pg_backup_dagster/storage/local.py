@@ -2,6 +2,11 @@
 
 Everything lives on the target's filesystem, so staging is linked (not copied) into the pending folder and
 the rename that makes a folder appear is atomic; a crash leaves only dot-entries that nothing lists.
+
+Permissions do not follow the umask: every file this target writes gets `file_mode` (default 0600) and every
+folder it creates `dir_mode` (default 0700), the staging folder included, so a failed run's dumps are no more
+readable than a published backup. A staging folder that is a symlink is refused: staging and gc would act
+wherever it points.
 """
 
 from __future__ import annotations
@@ -15,7 +20,16 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pg_backup_dagster.errors import BackupError
-from pg_backup_dagster.files import Digest, atomic_path, atomic_write, fsync_dir, remove_path
+from pg_backup_dagster.files import (
+    PRIVATE_DIR_MODE,
+    PRIVATE_FILE_MODE,
+    Digest,
+    atomic_path,
+    fsync_dir,
+    make_dirs,
+    parse_mode,
+    remove_path,
+)
 from pg_backup_dagster.storage.base import FolderExists, ObjectStore, PendingFolder, StoredObject
 
 log = logging.getLogger(__name__)
@@ -30,9 +44,11 @@ def _os_error(action: str, path: Path, exc: OSError) -> BackupError:
 class LocalStorage(ObjectStore):
     """Backups under a local (or mounted) directory; a key is a path relative to it."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, file_mode: int = PRIVATE_FILE_MODE, dir_mode: int = PRIVATE_DIR_MODE) -> None:
         self.root = Path(root).expanduser().absolute()
         self.url = str(self.root)
+        self.file_mode = parse_mode("file_mode", file_mode, directory=False)
+        self.dir_mode = parse_mode("dir_mode", dir_mode, directory=True)
         self._check_writable()
 
     def _check_writable(self) -> None:
@@ -50,16 +66,31 @@ class LocalStorage(ObjectStore):
         return str(self.path(key)) + (os.sep if key.endswith("/") else "")
 
     def scratch_dir(self, parent: str) -> Path:
-        return self.path(parent) / SCRATCH_NAME
+        """The source's `.staging`, created with dir_mode; BackupError if it is a symlink (never followed)."""
+        folder = self.path(parent) / SCRATCH_NAME
+        if folder.is_symlink():
+            raise BackupError(
+                f"{folder} is a symlink to {os.readlink(folder)}: refusing to stage or sweep through it "
+                "(replace it with a real folder)"
+            )
+        try:
+            make_dirs(folder, self.dir_mode)
+        except OSError as exc:
+            raise _os_error("create", folder, exc) from None
+        return folder
 
     def begin_folder(self, prefix: str) -> PendingFolder:
-        return LocalPendingFolder(self.path(prefix))
+        return LocalPendingFolder(self.path(prefix), self.file_mode, self.dir_mode)
 
     def put_bytes(self, key: str, data: bytes) -> None:
+        path = self.path(key)
         try:
-            atomic_write(self.path(key), data, fsync=True)
+            make_dirs(path.parent, self.dir_mode)
+            with atomic_path(path, fsync=True) as tmp:
+                tmp.write_bytes(data)
+                os.chmod(tmp, self.file_mode)
         except OSError as exc:
-            raise _os_error("write", self.path(key), exc) from None
+            raise _os_error("write", path, exc) from None
 
     def get_bytes(self, key: str) -> bytes | None:
         try:
@@ -105,7 +136,8 @@ class LocalStorage(ObjectStore):
         for path in paths:
             try:
                 if path.is_symlink() or not path.is_dir():
-                    found.append(StoredObject(path.relative_to(self.root).as_posix(), path.lstat().st_mtime))
+                    stat = path.lstat()  # a link is listed as itself, never followed
+                    found.append(StoredObject(path.relative_to(self.root).as_posix(), stat.st_mtime, stat.st_size))
             except FileNotFoundError:
                 continue
         return found
@@ -130,20 +162,23 @@ class LocalStorage(ObjectStore):
 class LocalPendingFolder(PendingFolder):
     """A hidden temp folder beside the final one (`.{name}.tmp-…`, which gc recognises), renamed into place."""
 
-    def __init__(self, final: Path) -> None:
+    def __init__(self, final: Path, file_mode: int = PRIVATE_FILE_MODE, dir_mode: int = PRIVATE_DIR_MODE) -> None:
         self.final = final
         self.pending = final.with_name(f".{final.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+        self.file_mode = file_mode
+        self.dir_mode = dir_mode
 
     def put_file(self, relpath: str, src: Path, digest: Digest, *, data_file: bool = True) -> None:
         """Hard-link the staged file (same filesystem, no copy; a copy where links are not supported), fsync it,
         and check its size against the hash taken when it was staged."""
         dest = self.pending / relpath
         try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
+            make_dirs(dest.parent, self.dir_mode)
             try:
                 os.link(src, dest)
             except OSError:
                 shutil.copyfile(src, dest)
+            os.chmod(dest, self.file_mode)  # a hard link: the staged copy is covered too
             with open(dest, "rb") as handle:
                 os.fsync(handle.fileno())
                 size = os.fstat(handle.fileno()).st_size
@@ -160,8 +195,10 @@ class LocalPendingFolder(PendingFolder):
             log.warning("removing incomplete leftover %s before publishing", self.final)
             remove_path(self.final)
         try:
-            self.pending.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.pending / relpath, data, fsync=True)
+            make_dirs(self.pending, self.dir_mode)
+            with atomic_path(self.pending / relpath, fsync=True) as tmp:
+                tmp.write_bytes(data)
+                os.chmod(tmp, self.file_mode)
             os.rename(self.pending, self.final)
             fsync_dir(self.final.parent)
         except OSError as exc:

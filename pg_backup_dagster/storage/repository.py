@@ -3,6 +3,9 @@
 Layout: {source}/{backup_id}/… with manifest.json written last (a backup exists only once its manifest does),
 and {source}/latest.json pointing at the newest backup whose checks passed. A backup is assembled in a
 staging dir (`staging_dir`) and published from there; every reader looks at manifests and nothing else.
+
+A published backup is never edited; what is learnt about it later (its files were re-checked against the
+manifest, and when, how, with what result) goes into a small marker beside the manifest, `verify.json`.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ import logging
 import re
 import shutil
 import time
-from dataclasses import replace
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +35,7 @@ from pg_backup_dagster.files import (
     atomic_path,
     atomic_write,
     copy_hashing,
+    hash_stream,
     is_old,
     remove_path,
     sha256_file,
@@ -43,6 +48,8 @@ from pg_backup_dagster.storage.encryption import decrypt_file, encrypt_file
 log = logging.getLogger(__name__)
 
 LATEST_NAME = "latest.json"
+VERIFY_NAME = "verify.json"
+RECHECK_HOWS = ("size", "sha256")
 LATEST_LINK = "latest"
 ENCRYPTION_DIR = ".encrypted"
 # Files that hold no data and tell a person how to restore: they stay readable when encrypting.
@@ -78,6 +85,53 @@ def planned_entries(staging: Path, declared: list[FileEntry]) -> list[FileEntry]
 def _hashed_entry(staging: Path, path: str) -> FileEntry:
     digest = sha256_file(staging / path)
     return FileEntry(path=path, size=digest.size, sha256=digest.sha256)
+
+
+@dataclass(frozen=True)
+class Recheck:
+    """One re-check of a published backup's stored files against its manifest (the verify.json marker).
+
+    how: "size" (every file exists with the manifest's size) or "sha256" (and its content hashes to it).
+    by: who re-checked ("retention", "gc", …). A failed re-check is final: the backup never counts as
+    passing again (delete verify.json after repairing the files to have it re-checked).
+    """
+
+    checked_at: str
+    how: str
+    by: str
+    passed: bool
+    problems: list[str] = field(default_factory=list)
+
+    def to_bytes(self) -> bytes:
+        document = {**asdict(self), "result": "passed" if self.passed else "failed"}
+        return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
+
+    @classmethod
+    def parse(cls, data: bytes, what: str) -> Recheck:
+        document = parse_json_object(data, what)
+        try:
+            return cls(
+                checked_at=str(document["checked_at"]), how=str(document["how"]), by=str(document.get("by", "")),
+                passed=document["result"] == "passed", problems=[str(p) for p in document.get("problems", [])],
+            )
+        except (KeyError, TypeError):
+            raise BackupError(f"{what} is not a re-check marker (checked_at, how, result)") from None
+
+    def summary(self) -> str:
+        """`verified 2026-12-02T03:00:00+00:00 (size, by retention)` or `re-check FAILED … : first problem`."""
+        if self.passed:
+            return f"verified {self.checked_at} ({self.how}, by {self.by})"
+        first = self.problems[0] if self.problems else "no detail"
+        more = f" (+{len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
+        return f"re-check FAILED {self.checked_at} ({self.how}, by {self.by}): {first}{more}"
+
+
+@dataclass
+class GcReport:
+    """What gc removed (or, in a dry run, would remove) and what it refused or repaired, one line each."""
+
+    removed: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 class BackupRepository:
@@ -145,6 +199,21 @@ class BackupRepository:
         """One file of a published backup at dest, verified (and decrypted) against its manifest entry."""
         self._fetch_entry(self._backup_prefix(source, backup_id), entry, Path(dest), identity)
         return Path(dest)
+
+    def verified_file(
+        self, source: str, backup_id: str, entry: FileEntry, dest: Path, *, identity: str | None = None
+    ) -> Path:
+        """One file of a published backup, verified against its manifest entry: on a local target and not
+        encrypted, the stored file itself, hashed in place (no copy); otherwise a fetched copy at dest."""
+        path = None if entry.encrypted else self.store.local_path(self._backup_prefix(source, backup_id) + entry.path)
+        if path is None:
+            return self.fetch_file(source, backup_id, entry, dest, identity=identity)
+        if path.is_symlink():
+            raise BackupError(f"{path} is a symlink: a backup holds regular files only")
+        found = sha256_file(path)
+        if found != Digest(entry.size, entry.sha256):
+            raise BackupError(f"{path} is corrupt: sha256 {found.sha256} size {found.size} differ from manifest")
+        return path
 
     def fetch(self, source: str, backup_id: str, dest_dir: Path, *, identity: str | None = None) -> Path:
         """A verified, plaintext copy of a published backup; returns the folder holding it.
@@ -267,6 +336,59 @@ class BackupRepository:
         data = self.store.get_bytes(key)
         return None if data is None else parse_json_object(data, self.store.location(key))
 
+    # --- re-check ------------------------------------------------------------------------------------
+    def recheck(self, source: str, backup_id: str, manifest: Manifest, *, how: str) -> list[str]:
+        """Problems of the stored files against the manifest, found now: one listing for existence and sizes,
+        and with how="sha256" every file read back and hashed (linear: one pass, no per-file listing)."""
+        if how not in RECHECK_HOWS:
+            raise BackupError(f"unknown re-check {how!r}: use one of {', '.join(RECHECK_HOWS)}")
+        prefix = self._backup_prefix(source, backup_id)
+        stored = {obj.key[len(prefix):]: obj.size for obj in self.store.list_objects(prefix)}
+        problems: list[str] = []
+        for entry in manifest.files:
+            size = stored.get(entry.stored)
+            if size is None:
+                problems.append(f"{entry.path}: missing")
+            elif size >= 0 and size != entry.size:
+                problems.append(f"{entry.path}: {size} bytes stored, manifest says {entry.size}")
+            elif how == "sha256" or size < 0:
+                try:
+                    with self.store.open(prefix + entry.stored) as src:
+                        found = hash_stream(src)
+                except (BackupError, OSError) as exc:
+                    problems.append(f"{entry.path}: unreadable: {exc}")
+                    continue
+                if found != Digest(entry.size, entry.sha256):
+                    problems.append(f"{entry.path}: sha256 {found.sha256[:16]}… differs from the manifest")
+        return problems
+
+    def recheck_backup(
+        self, source: str, backup_id: str, manifest: Manifest, *, how: str, by: str, record: bool = True
+    ) -> Recheck:
+        """Re-check a backup now; with record, leave the result in its verify.json marker (never in the manifest)."""
+        problems = self.recheck(source, backup_id, manifest, how=how)
+        result = Recheck(
+            checked_at=datetime.now(UTC).isoformat(timespec="seconds"), how=how, by=by, passed=not problems,
+            problems=problems,
+        )
+        if record:
+            self.store.put_bytes(self._backup_prefix(source, backup_id) + VERIFY_NAME, result.to_bytes())
+        return result
+
+    def read_recheck(self, source: str, backup_id: str) -> Recheck | None:
+        """The backup's last recorded re-check, or None if it was never re-checked; BackupError if unreadable."""
+        key = self._backup_prefix(source, backup_id) + VERIFY_NAME
+        data = self.store.get_bytes(key)
+        return None if data is None else Recheck.parse(data, self.store.location(key))
+
+    def failed_recheck(self, source: str, backup_id: str) -> Recheck | None:
+        """The recorded re-check if it failed (an unreadable marker counts as failed: it cannot vouch)."""
+        try:
+            found = self.read_recheck(source, backup_id)
+        except BackupError as exc:
+            return Recheck(checked_at="?", how="?", by="?", passed=False, problems=[str(exc)])
+        return found if found is not None and not found.passed else None
+
     # --- delete, gc ----------------------------------------------------------------------------------
     def delete_backup(self, source: str, backup_id: str) -> None:
         """Delete one backup, manifest first so a half-deleted backup is never visible."""
@@ -282,42 +404,99 @@ class BackupRepository:
             raise BackupError(f"{exc} (gc will finish it)") from None
 
     def gc(self, source: str, *, min_age: float = DEFAULT_GC_MIN_AGE, dry_run: bool = False) -> list[str]:
+        """Leftovers of failed runs removed (see `sweep`, which also says what it refused or repaired)."""
+        return self.sweep(source, min_age=min_age, dry_run=dry_run).removed
+
+    def sweep(
+        self, source: str, *, min_age: float = DEFAULT_GC_MIN_AGE, dry_run: bool = False, how: str = "size"
+    ) -> GcReport:
         """Remove leftovers of failed runs untouched for min_age seconds; never a backup with a manifest.
 
         Leftovers: staging dirs, folders without manifest (a failed publish, an interrupted delete), temp
         files and pending folders of interrupted writes, unfinished uploads. With dry_run, only list them.
+        The fence: nothing is deleted through a symlink (a symlinked `.staging` is reported and left alone,
+        links inside it are removed as links), and the folder latest.json names is never removed. A latest.json
+        naming a backup without manifest is repointed (unless dry_run) at the newest backup that passed its
+        checks and re-checks now (`how`), or reported when none does.
         """
         prefix = self._source_prefix(source)
         cutoff = time.time() - min_age
-        removed = self._gc_staging(source, min_age, dry_run)
+        report = GcReport()
+        protected = self._check_latest(source, dry_run, how, report)
+        report.removed += self._gc_staging(source, min_age, dry_run, report)
         for name in self.store.list_children(prefix):
             folder = f"{prefix}{name}/"
             is_temp = name.startswith(".") and ".tmp-" in name
             if not is_temp and (name.startswith(".") or self.store.exists(folder + MANIFEST_NAME)):
+                continue
+            if name == protected:
+                report.notes.append(f"kept {self.store.location(folder.rstrip('/'))}: latest.json points to it")
                 continue
             objects = self.store.list_objects(folder)
             if not objects or max(obj.modified for obj in objects) > cutoff:
                 continue
             if not dry_run:
                 self.store.delete_prefix(folder)
-            removed.append(self.store.location(folder.rstrip("/")))
+            report.removed.append(self.store.location(folder.rstrip("/")))
         temp_files = [obj.key for obj in self.store.list_objects(prefix, recursive=False)
                       if ".tmp-" in obj.key.rsplit("/", 1)[-1] and obj.modified <= cutoff]
         if temp_files and not dry_run:
             self.store.delete_keys(temp_files)
-        removed += [self.store.location(key) for key in temp_files]
+        report.removed += [self.store.location(key) for key in temp_files]
         for upload in self.store.unfinished_uploads(prefix):
             if upload.started <= cutoff:
                 if not dry_run:
                     self.store.abort_upload(upload)
-                removed.append(f"multipart upload {self.store.location(upload.key)}")
-        return removed
+                report.removed.append(f"multipart upload {self.store.location(upload.key)}")
+        for note in report.notes:
+            log.warning("gc %s: %s", source, note)
+        return report
 
-    def _gc_staging(self, source: str, min_age: float, dry_run: bool) -> list[str]:
-        """Staging dirs of runs that never published."""
-        root = self.store.scratch_dir(self._source_prefix(source))
+    def _check_latest(self, source: str, dry_run: bool, how: str, report: GcReport) -> str | None:
+        """The backup id latest.json names (its folder is never gc's); repair it when it names no backup."""
+        try:
+            latest = self.read_latest(source)
+        except BackupError as exc:
+            report.notes.append(f"latest.json unreadable ({exc}): left as is")
+            return None
+        named = (latest or {}).get("backup_id")
+        if latest is None or (isinstance(named, str) and _is_segment(named) and self.has_backup(source, named)):
+            return named if isinstance(named, str) else None
+        where = self.store.location(self._source_prefix(source) + LATEST_NAME)
+        if dry_run:
+            report.notes.append(f"{where} names {named!r}, which has no manifest: --apply repoints it at the "
+                                "newest backup that verifies")
+            return named if isinstance(named, str) else None
+        for backup_id in reversed(self.list_backups(source)):
+            try:
+                manifest = self.read_manifest(source, backup_id)
+            except BackupError:
+                continue
+            if not manifest.passed or manifest.backup_id != backup_id or self.failed_recheck(source, backup_id):
+                continue
+            check = self.recheck_backup(source, backup_id, manifest, how=how, by="gc")
+            if not check.passed:
+                report.notes.append(f"{backup_id} fails its re-check ({check.summary()}): not a latest candidate")
+                continue
+            self.write_latest(source, backup_id, {
+                "location": self.backup_url(source, backup_id), "repaired_at": check.checked_at,
+                "repaired_from": named, "published_at": manifest.finished_at.isoformat(timespec="seconds"),
+            })
+            report.notes.append(f"{where} named {named!r}, which has no manifest: repointed at {backup_id}, "
+                                f"the newest backup that verifies ({how})")
+            return named if isinstance(named, str) else None
+        report.notes.append(f"{where} names {named!r}, which has no manifest, and no backup verifies: left as is")
+        return named if isinstance(named, str) else None
+
+    def _gc_staging(self, source: str, min_age: float, dry_run: bool, report: GcReport) -> list[str]:
+        """Staging dirs of runs that never published (never through a symlinked staging folder)."""
+        try:
+            root = self.store.scratch_dir(self._source_prefix(source))
+        except BackupError as exc:
+            report.notes.append(str(exc))
+            return []
         removed = []
-        for child in sorted(root.iterdir()) if root.is_dir() else []:
+        for child in sorted(root.iterdir()) if root.is_dir() and not root.is_symlink() else []:
             if is_old(child, min_age):
                 if not dry_run:
                     remove_path(child)

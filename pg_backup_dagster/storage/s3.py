@@ -211,7 +211,7 @@ class S3Storage(ObjectStore):
     def list_objects(self, prefix: str, *, recursive: bool = True) -> list[StoredObject]:
         full = self._key(prefix)
         return [
-            StoredObject(obj["Key"][len(self._key_prefix) :], obj["LastModified"].timestamp())
+            StoredObject(obj["Key"][len(self._key_prefix) :], obj["LastModified"].timestamp(), obj["Size"])
             for page in self._pages(full, None if recursive else "/")
             for obj in page.get("Contents", [])
         ]

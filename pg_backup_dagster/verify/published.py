@@ -10,7 +10,7 @@ from pathlib import Path
 from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.errors import BackupError, one_line
 from pg_backup_dagster.pg.tools import find_tools
-from pg_backup_dagster.restore.run import open_backup, work_dir
+from pg_backup_dagster.restore.run import OpenedBackup, open_backup, work_dir
 from pg_backup_dagster.tiers.registry import ARCHIVE_TIERS
 from pg_backup_dagster.verify.test_restore import RestoreReport, restore_and_compare
 
@@ -36,6 +36,31 @@ def archive_problem(pg_restore: str, path: Path) -> str | None:
     return None if result.returncode == 0 else one_line(result.stderr) or "pg_restore -l failed"
 
 
+def check_files(
+    backup: OpenedBackup, report: VerifyReport, pg_restore_bin: str, work: Path, *, keep_full: bool
+) -> Path | None:
+    """Every manifest file against its sha256 (in place on a local target, else one fetched copy at a time),
+    every archive with pg_restore -l; returns the full archive when keep_full. One pass over the manifest and
+    one read per file: linear in the number of files (the test counts storage calls and entries visited)."""
+    full_archive = None
+    for entry in backup.manifest.files:
+        try:
+            local = backup.storage.verified_file(backup.source.name, backup.backup_id, entry, work / entry.path)
+        except BackupError as exc:
+            report.problems.append(f"{entry.path}: {exc}")
+            continue
+        report.files += 1
+        if entry.tier in ARCHIVE_TIERS:
+            report.archives += 1
+            if problem := archive_problem(pg_restore_bin, local):
+                report.problems.append(f"{entry.path}: unreadable archive: {problem}")
+        if entry.tier == "full" and keep_full:
+            full_archive = local
+        elif local.is_relative_to(work):
+            local.unlink()
+    return full_archive
+
+
 def verify_backup(
     source: SourceConfig, backup_id: str, *, full_restore: bool = False, restore_url: str | None = None
 ) -> VerifyReport:
@@ -47,24 +72,9 @@ def verify_backup(
     backup = open_backup(source, backup_id)
     report = VerifyReport(backup.backup_id)
     tools = find_tools(source.pg_bin)
-    full_archive = None
     with work_dir() as tmp:
         work = Path(tmp)
-        for entry in backup.manifest.files:
-            try:
-                local = backup.fetch(entry.path, work)
-            except BackupError as exc:
-                report.problems.append(f"{entry.path}: {exc}")
-                continue
-            report.files += 1
-            if entry.tier in ARCHIVE_TIERS:
-                report.archives += 1
-                if problem := archive_problem(tools.path("pg_restore"), local):
-                    report.problems.append(f"{entry.path}: unreadable archive: {problem}")
-            if entry.tier == "full" and full_restore:
-                full_archive = local
-            else:
-                local.unlink()
+        full_archive = check_files(backup, report, tools.path("pg_restore"), work, keep_full=full_restore)
         if full_restore and full_archive is not None and not report.problems:
             report.restore = restore_and_compare(
                 tools, full_archive, [asdict(t) for t in backup.manifest.tables], restore_url=restore_url,

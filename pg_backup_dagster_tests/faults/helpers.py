@@ -26,7 +26,7 @@ from pg_backup_dagster.storage import BackupRepository, LocalStorage, S3Storage
 
 RESTORE_ENV = "PGBD_FAULTS_RESTORE_URL"
 _ids = itertools.count()
-_BASE = datetime(2031, 1, 1, tzinfo=UTC) + timedelta(days=os.getpid() % 1000)
+_BASE = datetime(2020, 1, 1, tzinfo=UTC) + timedelta(days=os.getpid() % 1000)  # in the past: future ids are refused
 
 
 def next_backup_id() -> str:

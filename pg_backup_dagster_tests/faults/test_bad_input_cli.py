@@ -19,7 +19,7 @@ from pg_backup_dagster_tests.faults.helpers import backup, make_source, tmpfs
 from pg_backup_dagster_tests.helpers import create_database
 
 SECRET = "Bad-Input-Pa55-x9"
-BACKUP_ID = "2030-01-01T00-00-00Z"
+BACKUP_ID = "2026-03-01T00-00-00Z"  # ids in the future are refused (finding: 2099 held retention)
 
 
 def run_cli(args: list[str], tmp_path: Path, **env_extra: str) -> subprocess.CompletedProcess[str]:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import stat
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.errors import BackupError
 from pg_backup_dagster.storage import BackupRepository, LocalStorage, open_storage
 from pg_backup_dagster_tests.storage.helpers import FILES, ID1, ID2, SOURCE, stage
@@ -112,3 +116,91 @@ def test_unwritable_local_target(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(BackupError, match="not writable"):
         open_storage(str(blocker / "target"))
+
+
+def backdated(path: Path, seconds: float = 2 * 3600) -> Path:
+    stamp = time.time() - seconds
+    os.utime(path, (stamp, stamp), follow_symlinks=False)
+    return path
+
+
+def test_gc_never_sweeps_through_a_symlinked_staging(storage: BackupRepository, tmp_path: Path) -> None:
+    """`.staging` is a symlink to someone else's folder: gc reports it and deletes nothing there."""
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "old_dir").mkdir(parents=True)
+    old_file = elsewhere / "precious.txt"
+    old_file.write_text("not ours")
+    backdated(old_file)
+    backdated(elsewhere / "old_dir")
+    (storage.store.root / SOURCE).mkdir(parents=True)
+    (storage.store.root / SOURCE / ".staging").symlink_to(elsewhere, target_is_directory=True)
+
+    report = storage.sweep(SOURCE, min_age=0)
+    assert report.removed == []
+    assert any("is a symlink" in note and "refusing to stage or sweep" in note for note in report.notes)
+    assert old_file.read_text() == "not ours" and (elsewhere / "old_dir").is_dir()
+    with pytest.raises(BackupError, match="is a symlink"):
+        storage.staging_dir(SOURCE, ID1)  # nor does a backup stage through it
+
+
+def test_links_inside_staging_are_removed_as_links(storage: BackupRepository, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("x")
+    staging = storage.staging_dir(SOURCE, ID1)
+    staging.mkdir(parents=True)
+    (staging / "link").symlink_to(outside, target_is_directory=True)
+    backdated(staging / "link")
+    backdated(staging)
+    assert storage.gc(SOURCE, min_age=0) == [str(staging)]
+    assert (outside / "keep.txt").read_text() == "x"
+
+
+def modes_under(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix() or ".": oct(stat.S_IMODE(p.lstat().st_mode))
+            for p in [folder, *folder.rglob("*")] if not p.is_symlink()}
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    previous = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def test_files_are_private_whatever_the_umask(tmp_path: Path, umask_022: None) -> None:
+    storage = open_storage(str(tmp_path / "target"))
+    storage.publish(SOURCE, ID1, stage(storage))
+    storage.write_latest(SOURCE, ID1, {})
+    stage(storage, ID2)  # a run that never publishes
+    source_dir = tmp_path / "target" / SOURCE
+    manifest = storage.read_manifest(SOURCE, ID1)
+    storage.recheck_backup(SOURCE, ID1, manifest, how="size", by="test")
+
+    published = modes_under(source_dir / ID1)
+    assert {mode for name, mode in published.items() if (source_dir / ID1 / name).is_dir()} == {"0o700"}
+    assert {mode for name, mode in published.items() if (source_dir / ID1 / name).is_file()} == {"0o600"}
+    assert {"manifest.json", "verify.json", "roles.sql"} <= set(published)
+    assert oct(stat.S_IMODE((source_dir / "latest.json").stat().st_mode)) == "0o600"
+    assert oct(stat.S_IMODE(source_dir.stat().st_mode)) == "0o700"
+    assert oct(stat.S_IMODE((source_dir / ".staging").stat().st_mode)) == "0o700"
+
+
+def test_modes_are_configurable_and_validated(tmp_path: Path, umask_022: None) -> None:
+    storage = open_storage(str(tmp_path / "target"), file_mode="0640", dir_mode="0750")
+    storage.publish(SOURCE, ID1, stage(storage))
+    folder = tmp_path / "target" / SOURCE / ID1
+    assert oct(stat.S_IMODE((folder / "roles.sql").stat().st_mode)) == "0o640"
+    assert oct(stat.S_IMODE((folder / "public").stat().st_mode)) == "0o750"
+    assert oct(stat.S_IMODE(folder.stat().st_mode)) == "0o750"
+    for bad, message in [(640, "not a permission mode"), ("0400", "owner read and write"), ("0755", "executable"),
+                         ("rw", "not an octal mode"), (True, "must be an octal mode")]:
+        with pytest.raises(BackupError, match=message):
+            open_storage(str(tmp_path / "t2"), file_mode=bad)
+    with pytest.raises(BackupError, match="read, write and enter"):
+        open_storage(str(tmp_path / "t2"), dir_mode="0600")
+    with pytest.raises(BackupError, match="invalid config field 'file_mode'"):
+        SourceConfig(file_mode=644)
+    assert SourceConfig(file_mode="0640", dir_mode=0o750).file_mode == 0o640

@@ -13,6 +13,7 @@ from pg_backup_dagster.storage import BackupRepository, LocalStorage, S3Storage
 from pg_backup_dagster_tests.storage.helpers import FILES, ID1, ID2, SOURCE, entry, read_all, stage
 
 StorageFactory = Callable[..., BackupRepository]
+LATEST = "latest.json"
 
 
 def _write_raw(storage: BackupRepository, relkey: str, data: bytes) -> None:
@@ -174,3 +175,78 @@ def test_bad_segments_rejected(make_storage: StorageFactory) -> None:
     for bad in ("", ".hidden", "a/b", "..", "x y"):
         with pytest.raises(BackupError):
             storage.staging_dir(SOURCE, bad)
+
+
+def _delete_raw(storage: BackupRepository, relkey: str) -> None:
+    """Remove one stored file behind the storage's back (a lost manifest, an interrupted delete)."""
+    store = storage.store
+    if isinstance(store, LocalStorage):
+        (store.root / relkey).unlink()
+    else:
+        assert isinstance(store, S3Storage)
+        store.client.delete_object(Bucket=store.bucket, Key=store._key_prefix + relkey)
+
+
+def test_recheck_finds_missing_truncated_and_altered_files(make_storage: StorageFactory) -> None:
+    storage = make_storage()
+    storage.publish(SOURCE, ID1, stage(storage))
+    manifest = storage.read_manifest(SOURCE, ID1)
+    assert storage.recheck(SOURCE, ID1, manifest, how="sha256") == []
+    dump = f"database_full_{ID1}.dump"
+    _write_raw(storage, f"{SOURCE}/{ID1}/{dump}", b"")
+    _delete_raw(storage, f"{SOURCE}/{ID1}/roles.sql")
+    altered = bytearray(FILES["RESTORE.md"])
+    altered[0] ^= 1
+    _write_raw(storage, f"{SOURCE}/{ID1}/RESTORE.md", bytes(altered))
+    assert storage.recheck(SOURCE, ID1, manifest, how="size") == [
+        f"{dump}: 0 bytes stored, manifest says {len(FILES[dump])}", "roles.sql: missing"
+    ]
+    by_hash = storage.recheck(SOURCE, ID1, manifest, how="sha256")
+    assert len(by_hash) == 3 and by_hash[0].startswith("RESTORE.md: sha256 ")
+
+    check = storage.recheck_backup(SOURCE, ID1, manifest, how="size", by="test")
+    assert not check.passed and storage.read_recheck(SOURCE, ID1) == check
+    assert storage.failed_recheck(SOURCE, ID1) == check
+    assert storage.read_manifest(SOURCE, ID1) == manifest, "the manifest is never edited"
+    assert storage.list_backups(SOURCE) == [ID1]
+
+
+def test_gc_never_removes_the_folder_latest_names_and_repairs_a_dangling_latest(make_storage: StorageFactory):
+    """latest.json names a folder whose manifest is gone: gc keeps that folder, repoints latest.json at the
+    newest backup that re-checks intact, and only a later pass sweeps the old folder."""
+    storage = make_storage()
+    storage.publish(SOURCE, ID1, stage(storage))
+    storage.publish(SOURCE, ID2, stage(storage, ID2))
+    storage.write_latest(SOURCE, ID2, {"location": "x"})
+    _delete_raw(storage, f"{SOURCE}/{ID2}/manifest.json")
+
+    dry = storage.sweep(SOURCE, min_age=0, dry_run=True)
+    assert not any(ID2 in item for item in dry.removed)
+    assert any("has no manifest: --apply repoints it" in note for note in dry.notes)
+    assert storage.read_latest(SOURCE)["backup_id"] == ID2
+
+    applied = storage.sweep(SOURCE, min_age=0)
+    assert not any(ID2 in item for item in applied.removed), "never the folder latest.json names"
+    assert any(f"repointed at {ID1}" in note for note in applied.notes)
+    latest = storage.read_latest(SOURCE)
+    assert latest["backup_id"] == ID1 and latest["repaired_from"] == ID2
+    assert storage.read_recheck(SOURCE, ID1).passed and storage.read_recheck(SOURCE, ID1).by == "gc"
+
+    later = storage.gc(SOURCE, min_age=0)
+    assert any(ID2 in item for item in later), "no longer named by latest.json: an ordinary leftover"
+    assert storage.list_backups(SOURCE) == [ID1]
+
+
+def test_dangling_latest_with_no_intact_backup_is_reported_and_left(make_storage: StorageFactory) -> None:
+    storage = make_storage()
+    storage.publish(SOURCE, ID1, stage(storage))
+    _write_raw(storage, f"{SOURCE}/{ID1}/roles.sql", b"")  # the only backup is damaged
+    storage.write_latest(SOURCE, ID1, {})
+    _write_raw(storage, f"{SOURCE}/{LATEST}", json.dumps({"backup_id": ID2, "source": SOURCE}).encode())
+
+    report = storage.sweep(SOURCE, min_age=0)
+    assert any("no backup verifies: left as is" in note for note in report.notes)
+    assert any(f"{ID1} fails its re-check" in note for note in report.notes)
+    assert storage.read_latest(SOURCE)["backup_id"] == ID2
+    assert storage.failed_recheck(SOURCE, ID1) is not None
+    assert storage.list_backups(SOURCE) == [ID1]
