@@ -136,7 +136,7 @@ class Archive:
     def block_ends(self) -> dict[int, int]:
         """Where each data block ends: at the next block's start, the last one at the end of the file."""
         starts = sorted(e.offset for e in self.entries if e.offset_state == OFFSET_SET)
-        ends = dict(zip(starts, [*starts[1:], self.size], strict=True))
+        ends = dict(zip(starts, [*starts[1:], self.size][: len(starts)], strict=True))  # none: no data at all
         return {e.dump_id: ends[e.offset] for e in self.entries if e.offset_state == OFFSET_SET}
 
 

@@ -86,3 +86,15 @@ def test_anything_but_a_known_custom_archive_is_refused(tmp_path):
     future.write_bytes(b"PGDMP" + bytes([1, 99, 0, 4, 8, 1]) + b"\0" * 64)
     with pytest.raises(UnsupportedArchive):
         read_archive(future)
+
+
+def test_a_database_without_any_table_data_is_cut_too(pg18, tmp_path):
+    """An archive with no data block at all (a fresh database, only functions or views) once failed the cut with
+    `zip() argument 2 is longer than argument 1`, and with it every backup of such a database."""
+    dsn = create_database(pg18, "nodata", "CREATE FUNCTION answer() RETURNS int LANGUAGE sql AS 'SELECT 42';")
+    safe, env = child_env(dsn)
+    full = tmp_path / "full.dump"
+    subprocess.run([find_tools().path("pg_dump"), "-Fc", "-O", "-x", "-f", str(full), "-d", safe], env=env, check=True)
+    assert read_archive(full).block_ends == {}
+    copy_archive_for_schema(full, "public", tmp_path / "public.dump")
+    assert any("answer()" in line for line in sql_lines(tmp_path / "public.dump"))
