@@ -24,6 +24,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from pg_backup_dagster.pg.local_server import LocalPostgres, ephemeral_server
+from pg_backup_dagster_tests.fixtures.postgres import running_server
 from pg_backup_dagster_tests.helpers import PG15_BIN, create_database, table_fingerprints
 from pg_backup_dagster_tests.restore_helpers import Published, back_up, cli
 
@@ -327,14 +328,7 @@ def fresh_pg15() -> Iterator[LocalPostgres]:
     """A PostgreSQL 15 server of its own: its roles are exactly what this test loads."""
     if not (PG15_BIN / "initdb").exists():
         pytest.skip("Debian postgresql-15 is not installed (apt-get install postgresql-15)")
-    root = Path(tempfile.mkdtemp(prefix="pgbd-test-roles15-"))
-    server = LocalPostgres(root_dir=root / "pg", bin_dir=PG15_BIN)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.destroy()
-        shutil.rmtree(root, ignore_errors=True)
+    yield from running_server("roles15", PG15_BIN)
 
 
 def test_roles_with_postgresql_16_grant_options_load_into_15(published, fresh_pg15):
