@@ -135,10 +135,12 @@ def conflict_message(what: str, found: list[str], clean_hint: str) -> str:
 
 
 def other_sessions(admin: psycopg.Connection, names: list[str]) -> list[tuple[int, str, str]]:
-    """(pid, application_name, database) of every session on those databases but ours."""
+    """(pid, application_name, database) of every client session on those databases but ours. Autovacuum
+    workers are not counted: the server ends them itself for DROP and RENAME (a freshly restored database
+    often has one)."""
     rows = admin.execute(
         "SELECT pid, coalesce(application_name, ''), datname FROM pg_stat_activity "
-        "WHERE datname = ANY(%s) AND pid <> pg_backend_pid() ORDER BY pid",
+        "WHERE datname = ANY(%s) AND pid <> pg_backend_pid() AND backend_type = 'client backend' ORDER BY pid",
         [names],
     ).fetchall()
     return [(int(pid), str(app), str(db)) for pid, app, db in rows]
