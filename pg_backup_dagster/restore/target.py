@@ -314,7 +314,9 @@ def replace_database(
             restore_into(new_dsn)
             check(new_dsn)
             notes += _copy_database_properties(admin, target, new)
-            notes += clear_sessions(admin, [target, new], terminate=terminate_sessions)
+            # only the target: nobody else knows the new database's random name, and the sessions our own restore
+            # and counts opened there may still be exiting (RENAME waits for those itself)
+            notes += clear_sessions(admin, [target], terminate=terminate_sessions)
             try:
                 with admin.transaction():
                     admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
@@ -322,7 +324,7 @@ def replace_database(
                     admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
                         sql.Identifier(new), sql.Identifier(target)))
             except psycopg.errors.ObjectInUse:
-                clear_sessions(admin, [target, new], terminate=False)  # names who came in meanwhile
+                clear_sessions(admin, [target, new], terminate=False)  # names whoever came in meanwhile
                 raise
             except psycopg.Error as exc:
                 raise BackupError(f"cannot rename the databases: {one_line(str(exc))}") from None
