@@ -16,7 +16,7 @@ from pg_backup_dagster.defs.run import open_instance, run_backup
 
 
 def main(argv: list[str]) -> int:
-    home, target, backup_id = Path(argv[0]), Path(argv[1]), argv[2]
+    home, target, backup_id = Path(argv[0]), argv[1], argv[2]
     instance = open_instance(home)
     source = bench_source(target)
     outcome = run_backup(source, [source], instance, backup_id=backup_id, log_level="ERROR")

@@ -57,7 +57,7 @@ class JobRun:
         }
 
 
-def bench_source(target: Path) -> SourceConfig:
+def bench_source(target: Path | str) -> SourceConfig:
     """The source as an operator would configure it: defaults everywhere, restore check on a local server."""
     return SourceConfig(name="bench", dsn_env=DSN_ENV, target=str(target), restore_url_env=None)
 

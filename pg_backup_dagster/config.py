@@ -34,6 +34,7 @@ AGE_IDENTITY_ENV = "PG_BACKUP_AGE_IDENTITY"
 SIGNING_KEY_ENV = "PG_BACKUP_SIGNING_KEY"  # the env-configured source: private key, signs its manifests
 VERIFY_KEY_ENV = "PG_BACKUP_VERIFY_KEY"  # the env-configured source: public key, verify/restore require it
 S3_ADDRESSING_ENV = "PG_BACKUP_S3_ADDRESSING_STYLE"
+S3_TRANSFERS_ENV = "PG_BACKUP_S3_TRANSFERS"  # concurrent uploads/downloads to S3 (default 16)
 DAGSTER_PG_URL_ENV = "DAGSTER_PG_URL"
 DAGSTER_HOME_ENV = "DAGSTER_HOME"
 

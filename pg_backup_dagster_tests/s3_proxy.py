@@ -1,16 +1,26 @@
 """A small fault-injecting reverse proxy in front of moto's server: boto3 speaks real HTTP to it.
 
 While a rule is armed, matching requests get an HTTP error status with S3 error XML, or their TCP connection
-reset (RST) after the body was read; everything else is relayed to moto unchanged. A 400 answers BadDigest (a part
+reset (RST) after the body was read; everything else is relayed to moto unchanged, after `latency` seconds
+(a network round trip: the benchmarks put 20 ms, a same-region S3 request, in front of moto).
+
+moto stores the SHA256 checksum a client claims without checking it, and never echoes it. With
+`aws_checksums`, the proxy does what S3 does: a PUT or UploadPart whose body does not hash to its
+`x-amz-checksum-sha256` is refused (400 BadDigest) and a matching one gets the checksum echoed in the response;
+CompleteMultipartUpload echoes the composite checksum of the parts it lists. A 400 answers BadDigest (a part
 corrupted in transit), which boto3 does not retry, so a test of a failed upload does not wait on retry backoff.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import http.client
+import re
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +29,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 RESET = "reset"
+BAD_DIGEST = "bad-digest"
+CHECKSUM_HEADER = "x-amz-checksum-sha256"
 _REASONS = {400: "BadDigest", 403: "AccessDenied", 500: "InternalError", 503: "SlowDown"}
 
 
@@ -47,9 +59,16 @@ class FaultProxy(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, upstream: str) -> None:
+    request_queue_size = 128  # many concurrent transfers connect at once
+
+    def __init__(self, upstream: str, latency: float = 0.0, aws_checksums: bool = False) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.upstream = urlsplit(upstream)
+        self.latency = latency
+        self.aws_checksums = aws_checksums
+        self.requests = 0
+        self.in_flight = 0
+        self.peak_in_flight = 0  # the most requests relayed at one time
         self.rule: Rule | None = None
         self.hits = 0
         self._lock = threading.Lock()
@@ -57,6 +76,18 @@ class FaultProxy(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}"
+
+    @contextmanager
+    def counting(self) -> Iterator[None]:
+        with self._lock:
+            self.requests += 1
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.in_flight -= 1
 
     @contextmanager
     def inject(self, rule: Rule) -> Iterator[Rule]:
@@ -98,12 +129,21 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _relay(self) -> None:
         body = self._body()
+        with self.server.counting():
+            self._answer(body)
+
+    def _answer(self, body: bytes) -> None:
+        if self.server.latency:
+            time.sleep(self.server.latency)
         fault = self.server.fault_for(self.command, self.path)
         if fault == RESET:
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.connection.close()
             self.close_connection = True
             return
+        checksum = self._checksum_echo(body) if self.server.aws_checksums else None
+        if checksum == BAD_DIGEST:
+            fault = 400
         if isinstance(fault, int):
             code = _REASONS.get(fault, "InternalError")
             xml = f"<Error><Code>{code}</Code><Message>injected by the fault proxy</Message></Error>".encode()
@@ -119,9 +159,28 @@ class _Handler(BaseHTTPRequestHandler):
             response = conn.getresponse()
             data = response.read()
             skip = ("transfer-encoding", "connection") + (() if self.command == "HEAD" else ("content-length",))
-            self._send(response.status, {k: v for k, v in response.getheaders() if k.lower() not in skip}, data)
+            answer = {k: v for k, v in response.getheaders() if k.lower() not in skip}
+            if checksum and response.status == 200:
+                answer[CHECKSUM_HEADER] = checksum
+                data = data.replace(b"</CompleteMultipartUploadResult>",
+                                    f"<ChecksumSHA256>{checksum}</ChecksumSHA256></CompleteMultipartUploadResult>".encode())
+            self._send(response.status, answer, data)
         finally:
             conn.close()
+
+    def _checksum_echo(self, body: bytes) -> str | None:
+        """What S3 answers for a checksummed write: the checksum to echo, BAD_DIGEST, or None (nothing to do)."""
+        query = parse_qs(urlsplit(self.path).query)
+        if self.command == "POST" and "uploadId" in query:  # CompleteMultipartUpload: the parts' composite
+            parts = re.findall(rb"<ChecksumSHA256>([^<]+)</ChecksumSHA256>", body)
+            if not parts:
+                return None
+            composite = hashlib.sha256(b"".join(base64.b64decode(p) for p in parts)).digest()
+            return f"{base64.b64encode(composite).decode()}-{len(parts)}"
+        claimed = self.headers.get(CHECKSUM_HEADER)
+        if self.command != "PUT" or not claimed:
+            return None
+        return claimed if base64.b64encode(hashlib.sha256(body).digest()).decode() == claimed else BAD_DIGEST
 
     def _send(self, status: int, headers: dict[str, str], data: bytes) -> None:
         self.send_response(status)
@@ -137,8 +196,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def running_proxy(upstream: str) -> Iterator[FaultProxy]:
-    server = FaultProxy(upstream)
+def running_proxy(upstream: str, latency: float = 0.0, aws_checksums: bool = False) -> Iterator[FaultProxy]:
+    server = FaultProxy(upstream, latency, aws_checksums)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -7,9 +7,11 @@ visible in one step (`PendingFolder.commit`): a rename for a directory, the last
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from pg_backup_dagster.errors import BackupError
 from pg_backup_dagster.files import Digest
@@ -60,6 +62,7 @@ class ObjectStore(ABC):
     """A backup target's storage. Subclasses: LocalStorage (a directory) and S3Storage (s3://bucket/prefix)."""
 
     url: str
+    transfers: int = 4  # files put or read at once (their cost is waiting: a round trip, an fsync)
 
     @abstractmethod
     def location(self, key: str) -> str:
@@ -119,3 +122,20 @@ class ObjectStore(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def concurrently(items: Iterable[T], work: Callable[[T], R], workers: int) -> list[R]:
+    """work(item) for every item, `workers` at a time; results in order. The first failure is raised once the
+    transfers already running have ended, and nothing not yet started starts."""
+    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="transfer") as pool:
+        futures = [pool.submit(work, item) for item in items]
+        try:
+            return [future.result() for future in futures]
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise

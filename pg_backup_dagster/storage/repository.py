@@ -42,7 +42,7 @@ from pg_backup_dagster.files import (
     staged_files,
     temp_path,
 )
-from pg_backup_dagster.storage.base import FolderExists, ObjectStore, PendingFolder
+from pg_backup_dagster.storage.base import FolderExists, ObjectStore, PendingFolder, concurrently
 from pg_backup_dagster.storage.encryption import decrypt_file, encrypt_file
 
 log = logging.getLogger(__name__)
@@ -231,8 +231,8 @@ class BackupRepository:
                                       "differ from manifest")
             return folder
         dest_dir = Path(dest_dir)
-        for entry in manifest.files:
-            self._fetch_entry(prefix, entry, dest_dir / entry.path, identity)
+        concurrently(manifest.files, lambda e: self._fetch_entry(prefix, e, dest_dir / e.path, identity),
+                     self.store.transfers)
         atomic_write(dest_dir / MANIFEST_NAME, manifest.to_bytes())
         return dest_dir
 
@@ -283,7 +283,8 @@ class BackupRepository:
         entries = planned_entries(staging, manifest.files)
         pending = self.store.begin_folder(self._backup_prefix(source, backup_id))
         try:
-            stored = [self._store_entry(pending, staging, entry) for entry in entries]
+            stored = concurrently(entries, lambda entry: self._store_entry(pending, staging, entry),
+                                  self.store.transfers)
             encryption = Encryption(recipients=self.recipients) if self.recipients else None
             document = manifest.model_copy(
                 update={"files": sorted(stored, key=lambda e: e.path), "encryption": encryption}

@@ -1,9 +1,11 @@
 """S3 (or any S3-compatible endpoint) as backup target; the manifest PUT is what publishes a backup.
 
-Every object is uploaded with SHA256 checksums (per part for multipart, so the server rejects a
-corrupted part), then HEAD-checked: size, our sha256 metadata, and the server's checksum (full or
-composite). Endpoints that return no checksum get a streaming GET re-hash instead. A failed multipart
-upload is aborted; objects of a failed publish are deleted best-effort, and gc sweeps what remains.
+Every object is uploaded with its SHA256 checksum (per part for multipart), so the server rejects a body that
+differs from what was hashed. When the server echoes that checksum, the upload is proven in that one request;
+an endpoint that does not is checked by HEAD (size, our sha256 metadata, its checksum) and, with no checksum
+there either, by a streaming GET re-hash. Transfers are latency-bound: files go `transfers` at a time (the
+repository's pool) and the parts of a large file in parallel. A failed multipart upload is aborted; objects of
+a failed publish are deleted best-effort, and gc sweeps what remains.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import tempfile
 import threading
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -23,7 +26,9 @@ from typing import Any, BinaryIO
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
+from s3transfer.utils import ReadFileChunk
 
+from pg_backup_dagster.config import S3_ADDRESSING_ENV, S3_TRANSFERS_ENV, WORK_DIR_ENV, setting
 from pg_backup_dagster.errors import BackupError
 from pg_backup_dagster.files import CHUNK_SIZE, Digest
 from pg_backup_dagster.storage.base import FolderExists, ObjectStore, PendingFolder, StoredObject, UnfinishedUpload
@@ -35,8 +40,7 @@ MIN_PART_SIZE = 5 * MiB
 MAX_PART_SIZE = 5 * 1024 * MiB
 MAX_PARTS = 10_000
 DEFAULT_PART_SIZE = 64 * MiB
-WORK_DIR_ENV = "PG_BACKUP_WORK_DIR"
-ADDRESSING_ENV = "PG_BACKUP_S3_ADDRESSING_STYLE"
+DEFAULT_TRANSFERS = 16
 SSE_VALUES = frozenset({"AES256", "aws:kms", "aws:kms:dsse"})
 _MISSING = frozenset({"404", "NoSuchKey", "NotFound"})
 _CLIENT_LOCK = threading.Lock()
@@ -54,19 +58,31 @@ def choose_part_size(size: int, configured: int | None) -> int:
 
 def default_work_dir() -> Path:
     """Local staging for S3 targets: PG_BACKUP_WORK_DIR, else a folder under the system temp dir."""
-    configured = os.environ.get(WORK_DIR_ENV)
+    configured = setting(WORK_DIR_ENV)
     return Path(configured) if configured else Path(tempfile.gettempdir()) / "pg_backup_dagster"
 
 
-def make_client() -> Any:
-    """An S3 client honouring AWS_ENDPOINT_URL; path-style addressing for custom endpoints (moto, MinIO)."""
+def configured_transfers() -> int:
+    """How many transfers run at once (PG_BACKUP_S3_TRANSFERS, default 16): each waits mostly on a round trip."""
+    text = setting(S3_TRANSFERS_ENV) or str(DEFAULT_TRANSFERS)
+    if not text.isdigit() or not 1 <= int(text) <= 256:
+        raise BackupError(f"{S3_TRANSFERS_ENV}={text!r}: expected a number of concurrent transfers from 1 to 256")
+    return int(text)
+
+
+def make_client(transfers: int = DEFAULT_TRANSFERS) -> Any:
+    """An S3 client honouring AWS_ENDPOINT_URL; path-style addressing for custom endpoints (moto, MinIO).
+
+    Its connection pool holds every request that can run at once: `transfers` files, each with as many parts.
+    """
     custom_endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    style = os.environ.get(ADDRESSING_ENV) or ("path" if custom_endpoint else "auto")
+    style = setting(S3_ADDRESSING_ENV) or ("path" if custom_endpoint else "auto")
     config = Config(
         retries={"mode": "standard", "max_attempts": 5},
         s3={"addressing_style": style},
         connect_timeout=10,
         read_timeout=120,
+        max_pool_connections=2 * transfers,
     )
     with _CLIENT_LOCK:  # boto3's default session is not safe for concurrent client creation
         return boto3.client("s3", config=config)
@@ -83,6 +99,7 @@ class Uploaded:
     size: int
     sha256: str
     checksum: str
+    confirmed: bool = False  # the server echoed our checksum: it validated the body it stored against it
 
 
 class S3Storage(ObjectStore):
@@ -100,6 +117,7 @@ class S3Storage(ObjectStore):
         client: Any | None = None,
         work_dir: Path | None = None,
         check: bool = True,
+        transfers: int | None = None,
     ) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
@@ -111,7 +129,9 @@ class S3Storage(ObjectStore):
         if part_size is not None and part_size < MIN_PART_SIZE:
             raise BackupError(f"S3 part size {part_size} is below the 5 MiB minimum S3 accepts")
         self.work_dir = Path(work_dir) if work_dir else default_work_dir()
-        self.client = client or make_client()
+        self.transfers = transfers or configured_transfers()
+        self.client = client or make_client(self.transfers)
+        self._parts = ThreadPoolExecutor(self.transfers, thread_name_prefix="s3-part")
         if check:
             self.check_bucket()
 
@@ -224,52 +244,76 @@ class S3Storage(ObjectStore):
             args["StorageClass"] = self.storage_class
         return args
 
-    def upload_file(self, path: Path, key: str, sha256_hex: str, *, data_file: bool = True) -> Uploaded:
-        """Upload one file: a single PUT up to one part, multipart above; sha256 stored as metadata."""
+    def upload_file(self, path: Path, key: str, digest: Digest, *, data_file: bool = True) -> Uploaded:
+        """Upload one file hashed earlier (digest): a single PUT up to one part, multipart above."""
         size = path.stat().st_size
+        if size != digest.size:
+            raise BackupError(f"{path.name}: {size} bytes on disk, {digest.size} when it was hashed: it changed since")
         part_size = choose_part_size(size, self.part_size)
-        args = self._object_args(sha256_hex, data_file=data_file)
-        with open(path, "rb") as fh:
-            if size <= part_size:
-                return self._put_single(fh, key, args)
-            return self._put_multipart(fh, key, part_size, args)
+        args = self._object_args(digest.sha256, data_file=data_file)
+        if size <= part_size:
+            return self._put_single(path, key, digest, args)
+        return self._put_multipart(path, key, size, part_size, digest, args)
 
     def _read_part(self, fh: BinaryIO, size: int) -> bytes:
-        """One part's bytes (a seam for fault-injection tests)."""
+        """Up to `size` bytes of a part being hashed (a seam for fault-injection tests)."""
         return fh.read(size)
 
-    def _put_single(self, fh: BinaryIO, key: str, args: dict[str, Any]) -> Uploaded:
-        data = self._read_part(fh, MAX_PART_SIZE)
-        digest = hashlib.sha256(data).digest()
-        self._call("put_object", key, Body=data, ChecksumSHA256=_b64(digest), **args)
-        return Uploaded(len(data), digest.hex(), _b64(digest))
+    def _put_single(self, path: Path, key: str, digest: Digest, args: dict[str, Any]) -> Uploaded:
+        """One PUT streaming the file, with the checksum taken when it was staged: the server refuses a body
+        that differs from what was hashed, so the echo of that checksum proves the upload."""
+        checksum = _b64(bytes.fromhex(digest.sha256))
+        with ReadFileChunk.from_filename(str(path), 0, digest.size) as body:
+            response = self._call("put_object", key, Body=body, ChecksumSHA256=checksum, **args)
+        return Uploaded(digest.size, digest.sha256, checksum, response.get("ChecksumSHA256") == checksum)
 
-    def _put_multipart(self, fh: BinaryIO, key: str, part_size: int, args: dict[str, Any]) -> Uploaded:
-        """Parts carry their own SHA256 (the server rejects a corrupted part); abort on any failure."""
+    def _put_multipart(
+        self, path: Path, key: str, size: int, part_size: int, digest: Digest, args: dict[str, Any]
+    ) -> Uploaded:
+        """Hash the parts in one sequential read (also the whole file, against digest) and send each as soon as
+        its hash is known, in parallel; every part carries its SHA256. Abort on any failure."""
         upload_id = self._call("create_multipart_upload", key, ChecksumAlgorithm="SHA256", **args)["UploadId"]
-        full, part_digests, parts, size = hashlib.sha256(), [], [], 0
+        full, sent, part_digests = hashlib.sha256(), [], []
         try:
-            while data := self._read_part(fh, part_size):
-                number = len(parts) + 1
-                digest = hashlib.sha256(data).digest()
-                response = self._call(
-                    "upload_part",
-                    key,
-                    UploadId=upload_id,
-                    PartNumber=number,
-                    Body=data,
-                    ChecksumSHA256=_b64(digest),
-                )
-                parts.append({"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": _b64(digest)})
-                full.update(data)
-                part_digests.append(digest)
-                size += len(data)
-            self._call("complete_multipart_upload", key, UploadId=upload_id, MultipartUpload={"Parts": parts})
+            with open(path, "rb") as fh:
+                for number, offset in enumerate(range(0, size, part_size), start=1):
+                    part = hashlib.sha256()
+                    for chunk in self._chunks(fh, min(part_size, size - offset)):
+                        part.update(chunk)
+                        full.update(chunk)
+                    part_digests.append(part.digest())
+                    sent.append(self._parts.submit(self._put_part, path, key, upload_id, number, offset,
+                                                   min(part_size, size - offset), _b64(part.digest())))
+            if full.hexdigest() != digest.sha256:
+                raise BackupError(f"{path.name} changed after it was hashed (its sha256 is now {full.hexdigest()})")
+            parts = [future.result() for future in sent]
+            response = self._call("complete_multipart_upload", key, UploadId=upload_id,
+                                  MultipartUpload={"Parts": parts})
         except BaseException:
+            for future in sent:
+                future.cancel()
+            _wait_quietly(sent)
             self._abort(key, upload_id)
             raise
-        composite = _b64(hashlib.sha256(b"".join(part_digests)).digest())
-        return Uploaded(size, full.hexdigest(), f"{composite}-{len(parts)}")
+        composite = f"{_b64(hashlib.sha256(b''.join(part_digests)).digest())}-{len(part_digests)}"
+        echoed = str(response.get("ChecksumSHA256") or "").split("-")[0] == composite.split("-")[0]
+        return Uploaded(size, digest.sha256, composite, echoed)
+
+    def _chunks(self, fh: BinaryIO, length: int) -> Iterator[bytes]:
+        while length > 0:
+            chunk = self._read_part(fh, min(CHUNK_SIZE, length))
+            if not chunk:
+                raise BackupError(f"{fh.name}: file ended early: it changed after it was hashed")
+            length -= len(chunk)
+            yield chunk
+
+    def _put_part(self, path: Path, key: str, upload_id: str, number: int, offset: int, length: int,
+                  checksum: str) -> dict[str, Any]:
+        """One part, streamed from the file; the server checks it against the hash taken while reading."""
+        with ReadFileChunk.from_filename(str(path), offset, length) as body:
+            response = self._call("upload_part", key, UploadId=upload_id, PartNumber=number, Body=body,
+                                  ChecksumSHA256=checksum)
+        return {"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": checksum}
 
     def _abort(self, key: str, upload_id: str) -> None:
         try:
@@ -278,7 +322,10 @@ class S3Storage(ObjectStore):
             log.warning("could not abort multipart upload of s3://%s/%s (gc will): %s", self.bucket, key, exc)
 
     def verify_object(self, key: str, sent: Uploaded) -> None:
-        """HEAD: size, sha256 metadata, server checksum; with no server checksum, re-hash by GET."""
+        """Nothing more when the server confirmed our checksum; else HEAD: size, sha256 metadata, server
+        checksum; with no server checksum, re-hash by GET."""
+        if sent.confirmed:
+            return
         head = self._call("head_object", key, ChecksumMode="ENABLED")
         where = f"s3://{self.bucket}/{key}"
         if head.get("ContentLength") != sent.size:
@@ -391,15 +438,14 @@ class S3PendingFolder(PendingFolder):
         self.store = store
         self.base_key = base_key
         self.uploaded: list[str] = []
+        self._lock = threading.Lock()  # files are put from several threads
 
     def put_file(self, relpath: str, src: Path, digest: Digest, *, data_file: bool = True) -> None:
-        """Upload (hashing as it reads, per-part checksums), then check what was sent and what is stored."""
+        """Upload against the staged hash (the server checks it), then check what is stored unless confirmed."""
         key = self.base_key + relpath
-        self.uploaded.append(key)
-        sent = self.store.upload_file(src, key, digest.sha256, data_file=data_file)
-        if (sent.size, sent.sha256) != (digest.size, digest.sha256):
-            raise BackupError(f"{relpath} changed after it was hashed (sent {sent.size} bytes, sha256 {sent.sha256})")
-        self.store.verify_object(key, sent)
+        with self._lock:
+            self.uploaded.append(key)
+        self.store.verify_object(key, self.store.upload_file(src, key, digest, data_file=data_file))
 
     def commit(self, relpath: str, data: bytes) -> None:
         self.store.put_manifest(self.base_key + relpath, data)
@@ -409,3 +455,10 @@ class S3PendingFolder(PendingFolder):
             self.store._delete_full(self.uploaded)
         except BackupError as exc:
             log.warning("cleanup after failed publish incomplete (gc will finish): %s", exc)
+
+
+def _wait_quietly(futures: list[Future]) -> None:
+    """Let parts already on the wire finish (their errors are not the one being raised) before aborting."""
+    for future in futures:
+        if not future.cancelled():
+            future.exception()

@@ -7,10 +7,12 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from pg_backup_dagster.backup.manifest import FileEntry
 from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.errors import BackupError, one_line
 from pg_backup_dagster.pg.tools import find_tools
 from pg_backup_dagster.restore.run import OpenedBackup, open_backup, work_dir
+from pg_backup_dagster.storage.base import concurrently
 from pg_backup_dagster.tiers.registry import ARCHIVE_TIERS
 from pg_backup_dagster.verify.test_restore import RestoreReport, restore_and_compare
 
@@ -39,32 +41,41 @@ def archive_problem(pg_restore: str, path: Path) -> str | None:
 def check_files(
     backup: OpenedBackup, report: VerifyReport, pg_restore_bin: str, work: Path, *, keep_full: bool
 ) -> Path | None:
-    """Every manifest file against its sha256 (in place on a local target, else one fetched copy at a time),
-    every archive with pg_restore -l; returns the full archive when keep_full. One pass over the manifest and
-    one read per file: linear in the number of files (the test counts storage calls and entries visited)."""
+    """Every manifest file against its sha256 (in place on a local target, else a fetched copy, deleted once
+    checked), every archive with pg_restore -l; returns the full archive when keep_full. Files are checked the
+    target's `transfers` at a time; one read per file, linear in the number of files."""
+    checked = concurrently(backup.manifest.files, lambda e: _check_file(backup, e, pg_restore_bin, work, keep_full),
+                           backup.storage.store.transfers)
     full_archive = None
-    for entry in backup.manifest.files:
-        try:
-            local = backup.storage.verified_file(backup.source.name, backup.backup_id, entry, work / entry.path)
-        except BackupError as exc:
-            report.problems.append(f"{entry.path}: {exc}")
-            continue
-        report.files += 1
-        if entry.tier in ARCHIVE_TIERS:
-            report.archives += 1
-            if problem := archive_problem(pg_restore_bin, local):
-                report.problems.append(f"{entry.path}: unreadable archive: {problem}")
-        if entry.tier == "full" and keep_full:
-            full_archive = local
-        elif local.is_relative_to(work):
-            local.unlink()
+    for entry, local, problem in checked:
+        if local is not None:
+            report.files += 1
+            report.archives += entry.tier in ARCHIVE_TIERS
+            if entry.tier == "full" and keep_full:
+                full_archive = local
+        if problem:
+            report.problems.append(f"{entry.path}: {problem}")
     return full_archive
+
+
+def _check_file(
+    backup: OpenedBackup, entry: FileEntry, pg_restore_bin: str, work: Path, keep_full: bool
+) -> tuple[FileEntry, Path | None, str | None]:
+    """One file: (entry, its verified local path or None, what is wrong with it or None)."""
+    try:
+        local = backup.storage.verified_file(backup.source.name, backup.backup_id, entry, work / entry.path)
+    except BackupError as exc:
+        return entry, None, str(exc)
+    problem = archive_problem(pg_restore_bin, local) if entry.tier in ARCHIVE_TIERS else None
+    if local.is_relative_to(work) and not (entry.tier == "full" and keep_full):
+        local.unlink()
+    return entry, local, f"unreadable archive: {problem}" if problem else None
 
 
 def verify_backup(
     source: SourceConfig, backup_id: str, *, full_restore: bool = False, restore_url: str | None = None
 ) -> VerifyReport:
-    """Check one published backup file by file (one file on local disk at a time).
+    """Check one published backup file by file (at most the target's `transfers` files on local disk at once).
 
     With a verify key configured for the source, the manifest's signature is checked first (in open_backup): a
     bad or missing signature ends verify with one line before any file is fetched.
