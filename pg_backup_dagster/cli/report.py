@@ -53,6 +53,8 @@ def print_backup_list(source: SourceConfig) -> None:
             recheck, verified = None, f"re-check marker unreadable: {exc}"
         failed_recheck = recheck is not None and not recheck.passed
         checks = "passed" if manifest.passed and not failed_recheck else "FAILED"
+        if checks == "passed" and manifest.unverified_checks():
+            checks = f"passed, UNVERIFIED {', '.join(manifest.unverified_checks())}"
         mark = "  <- latest" if backup_id == latest else ""
         try:
             future = future_problem(parse_backup_id(backup_id))
