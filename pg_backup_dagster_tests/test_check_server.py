@@ -10,8 +10,10 @@ Debian's postgresql-NN) by what each ships, and a source may publish an unverifi
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,8 +23,10 @@ import pytest
 
 from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.defs.run import BackupOutcome, run_backup
+from pg_backup_dagster.pg.conninfo import split_password
 from pg_backup_dagster.pg.local_server import LocalPostgres
-from pg_backup_dagster.pg.tools import bundled_bin_dir
+from pg_backup_dagster.pg.tools import bundled_bin_dir, find_tools
+from pg_backup_dagster.verify.check_server import archive_needs
 from pg_backup_dagster_tests.helpers import PG15_BIN, create_database
 
 PG15_LABEL = f"ephemeral PostgreSQL 15 ({PG15_BIN.parent})"
@@ -201,3 +205,39 @@ def test_a_configured_restore_server_wins_and_is_checked_for_the_extensions_befo
     passed, description = outcome.checks["full_dump_restores"]
     assert not passed
     assert "the restore server (PG_BACKUP_RESTORE_URL) lacks extension(s) pgcrypto" in description
+
+
+def test_xml_columns_are_checked_on_a_build_with_libxml(pg15, tmp_path, monkeypatch):
+    """The bundled server has no libxml (its xml type rejects every value): Debian's 15 is built --with-libxml."""
+    dsn = create_database(pg15, "xmlcol", """
+        CREATE TABLE feeds (id int PRIMARY KEY, "body xml" text, doc xml);
+        INSERT INTO feeds SELECT g, 'not xml', ('<item n="' || g || '"/>')::xml FROM generate_series(1, 15) g;
+    """)
+    outcome, evaluations = _backup(monkeypatch, "xmlcol", dsn, tmp_path / "t")
+    assert outcome.success, (outcome.errors, outcome.checks)
+    full = evaluations["full_dump_restores"]
+    assert full["check_server"] == PG15_LABEL
+    assert [r.data["restored"] for r in full["row_counts"].records] == [15]
+
+
+def test_icu_collations_are_checked_on_a_build_with_icu(pg15, tmp_path, monkeypatch):
+    dsn = create_database(pg15, "icucol", """
+        CREATE COLLATION german_phonebook (provider = icu, locale = 'de-u-co-phonebk');
+        CREATE TABLE names (id int PRIMARY KEY, name text COLLATE german_phonebook);
+        INSERT INTO names SELECT g, 'Müller ' || g FROM generate_series(1, 8) g;
+    """)
+    outcome, evaluations = _backup(monkeypatch, "icucol", dsn, tmp_path / "t")
+    assert outcome.success, (outcome.errors, outcome.checks)
+    assert evaluations["full_dump_restores"]["check_server"] == PG15_LABEL  # the bundled build has no ICU
+
+
+def test_only_xml_typed_objects_count_as_needing_xml(pg18, tmp_path):
+    dsn = create_database(pg18, "xmlnames", """
+        CREATE TABLE xml (xml text, "body xml" text, "x xml" int);
+        CREATE DOMAIN xmlish AS text;
+    """)
+    safe, env = split_password(dsn)
+    archive = tmp_path / "full.dump"
+    subprocess.run([find_tools().path("pg_dump"), "-Fc", "-f", str(archive), "--dbname", safe], check=True,
+                   env={**os.environ, **env})
+    assert [str(need) for need in archive_needs(archive)] == []
