@@ -21,6 +21,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from pg_backup_dagster.cli.report import print_backup_list
 from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.defs.run import BackupOutcome, run_backup
 from pg_backup_dagster.pg.conninfo import split_password
@@ -161,7 +162,7 @@ def test_an_extension_no_installed_server_has_fails_before_restoring_in_one_line
     outcome, evaluations = _backup(monkeypatch, "nowhere", _nowhere_database(nowhere_server), tmp_path / "t")
     assert not outcome.success
     passed, description = outcome.checks["full_dump_restores"]
-    assert not passed and "\n" not in description
+    assert not passed and "\n" not in description and not outcome.unverified
     assert description.startswith(f"no check server can restore this backup: it needs extension {FAKE_EXTENSION} ")
     assert f"bundled PostgreSQL 18 lacks extension {FAKE_EXTENSION}" in description
     assert f"PostgreSQL 15 ({PG15_BIN.parent}) lacks extension {FAKE_EXTENSION}" in description
@@ -174,13 +175,14 @@ def test_an_extension_no_installed_server_has_fails_before_restoring_in_one_line
 
 
 def test_unverifiable_warn_publishes_with_a_warning_naming_what_was_not_verified(
-    nowhere_server, pg15, tmp_path, monkeypatch
+    nowhere_server, pg15, tmp_path, monkeypatch, capsys
 ):
     dsn = _nowhere_database(nowhere_server)
     outcome, evaluations = _backup(monkeypatch, "nowherewarn", dsn, tmp_path / "t", unverifiable="warn")
     assert outcome.success, (outcome.errors, outcome.checks)
     passed, description = outcome.checks["full_dump_restores"]
     assert not passed and description.startswith("UNVERIFIED")
+    assert sorted(outcome.unverified) == ["full_dump_restores", "table_dumps_restore"]
     assert f"no check server has extension {FAKE_EXTENSION}" in description and "no test restore ran" in description
     full = evaluations["full_dump_restores"]
     assert full["severity"] == "WARN" and full["restore_ran"] is False
@@ -194,6 +196,8 @@ def test_unverifiable_warn_publishes_with_a_warning_naming_what_was_not_verified
     assert FAKE_EXTENSION in record["unverified"] and record["missing"] == [f"extension {FAKE_EXTENSION}"]
     assert manifest["checks"]["table_dumps_restore"]["unverified"]
     assert json.loads((folder / "latest.json").read_text())["backup_id"] == outcome.backup_id
+    print_backup_list(SourceConfig(name="nowherewarn", target=str(tmp_path / "t")))
+    assert "checks passed, UNVERIFIED full_dump_restores, table_dumps_restore" in capsys.readouterr().out
 
 
 def test_a_configured_restore_server_wins_and_is_checked_for_the_extensions_before_restoring(

@@ -23,7 +23,8 @@ def print_outcome(outcome: BackupOutcome, source: SourceConfig) -> None:
         if meta:
             typer.echo(f"  {name:<14} {human_bytes(meta.get('size_bytes', 0))}  {meta.get('duration_s')} s")
     for check, (passed, description) in sorted(outcome.checks.items()):
-        typer.echo(f"  check {check:<22} {'passed' if passed else 'FAILED'}: {description}")
+        status = "passed" if passed else "UNVERIFIED" if check in outcome.unverified else "FAILED"
+        typer.echo(f"  check {check:<22} {status}: {description}")
     manifest = outcome.materialized.get("backup_manifest")
     if manifest:
         typer.echo(f"  published      {manifest.get('location')}  ({manifest.get('files')} files, "

@@ -57,8 +57,7 @@ def _no_check_server(source: SourceConfig, problem: NoCheckServer, started: floa
     details = {"missing": problem.missing, "not_verified": problem.objects}
     if source.unverifiable != "warn":
         return CheckOutcome(False, str(problem), {"missing": ", ".join(problem.missing)}, details, seconds)
-    objects = ", ".join(problem.objects[:10]) + (f" and {len(problem.objects) - 10} more"
-                                                  if len(problem.objects) > 10 else "")
+    objects = _first_ten(problem.objects)
     reason = (f"no test restore ran: no check server has {', '.join(problem.missing)}"
               + (f"; objects needing it, not verified: {objects}" if objects else ""))
     return CheckOutcome(
@@ -69,10 +68,14 @@ def _no_check_server(source: SourceConfig, problem: NoCheckServer, started: floa
     )
 
 
+def _first_ten(items: list[str]) -> str:
+    """A list short enough for one description line."""
+    return ", ".join(items[:10]) + (f" and {len(items) - 10} more" if len(items) > 10 else "")
+
+
 def _differences_text(rows: list[dict]) -> str:
-    shown = ", ".join(f"{r['schema']}.{r['table']} (expected {r['expected']}, restored {r['restored']})"
-                      for r in rows[:10])
-    return shown + (f" and {len(rows) - 10} more" if len(rows) > 10 else "")
+    return _first_ten([f"{r['schema']}.{r['table']} (expected {r['expected']}, restored {r['restored']})"
+                       for r in rows])
 
 
 def check_full_restore(step: StepContext, source: SourceConfig, stub_roles: Sequence[str]) -> CheckOutcome:
