@@ -28,6 +28,7 @@ from pg_backup_dagster.pg.sql import quote_ident
 from pg_backup_dagster.pg.tools import PgTools
 from pg_backup_dagster.tiers.catalog import fetch_table_catalog
 from pg_backup_dagster.tiers.live_split import split_archive
+from pg_backup_dagster.verify.check_server import choose_check_server
 from pg_backup_dagster.verify.test_restore import restore_and_compare
 
 DSN_ENV = "PGBD_BENCH_SOURCE_DSN"
@@ -155,7 +156,8 @@ def split_only(tools: PgTools, dsn: str, archive: Path, out_dir: Path) -> dict:
 def restore_check(tools: PgTools, archive: Path, expected: list[dict], restore_url: str | None, jobs: int) -> dict:
     """`restore_and_compare` as the full_dump check calls it; restore_url None means an ephemeral local server."""
     with measured() as sample:
-        report = restore_and_compare(tools, archive, expected, restore_url=restore_url, jobs=jobs)
+        server = choose_check_server(archive, restore_url, tools.major)
+        report = restore_and_compare(tools, archive, expected, server=server, jobs=jobs)
     return {
         **sample.as_dict(),
         "passed": report.passed,

@@ -35,6 +35,13 @@ SIGNING_KEY_ENV = "PG_BACKUP_SIGNING_KEY"  # the env-configured source: private 
 VERIFY_KEY_ENV = "PG_BACKUP_VERIFY_KEY"  # the env-configured source: public key, verify/restore require it
 S3_ADDRESSING_ENV = "PG_BACKUP_S3_ADDRESSING_STYLE"
 S3_TRANSFERS_ENV = "PG_BACKUP_S3_TRANSFERS"  # concurrent uploads/downloads to S3 (default 16)
+# the env-configured source's settings beyond its URL, target, name and profile
+SCHEDULE_ENV = "PG_BACKUP_SCHEDULE"
+MAX_CONNECTIONS_ENV = "PG_BACKUP_MAX_CONNECTIONS"
+LOCK_TIMEOUT_ENV = "PG_BACKUP_LOCK_TIMEOUT_SECONDS"
+MAX_RUNTIME_ENV = "PG_BACKUP_MAX_RUNTIME_MINUTES"  # minutes, or `off` for no limit
+ACCEPTED_RESTORE_ERRORS_ENV = "PG_BACKUP_ACCEPTED_RESTORE_ERRORS"  # one regex per line
+UNVERIFIABLE_ENV = "PG_BACKUP_UNVERIFIABLE"  # fail (default) or warn
 DAGSTER_PG_URL_ENV = "DAGSTER_PG_URL"
 DAGSTER_HOME_ENV = "DAGSTER_HOME"
 
@@ -48,6 +55,7 @@ DEFAULT_SCHEDULE = "0 3 * * *"  # the env-configured source: daily at 03:00 (its
 SOURCE_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
 PROFILES = ("plain", "supabase")
 RECHECK_MODES = ("size", "sha256")
+UNVERIFIABLE_MODES = ("fail", "warn")
 
 
 @dataclass(frozen=True)
@@ -86,6 +94,7 @@ class SourceConfig:
     file_mode: int = PRIVATE_FILE_MODE  # local targets: mode of every file written (octal string or int in YAML)
     dir_mode: int = PRIVATE_DIR_MODE  # local targets: mode of every folder created, `.staging` included
     retention_verify: str = "size"  # what retention re-checks before deleting: "size" (and existence) or "sha256"
+    unverifiable: str = "fail"  # no check server can restore the backup: fail, or warn and publish it unverified
 
     def __post_init__(self) -> None:
         _check(SOURCE_NAME_RE.match(self.name) is not None, "name", f"{self.name!r} must match [a-z][a-z0-9_]*")
@@ -124,6 +133,10 @@ class SourceConfig:
                 raise BackupError(f"invalid config field '{name}': {exc}") from None
         _check(self.retention_verify in RECHECK_MODES, "retention_verify",
                f"{self.retention_verify!r} must be one of {', '.join(RECHECK_MODES)}")
+        for pattern in self.accepted_restore_errors:
+            _check(_is_regex(pattern), "accepted_restore_errors", f"{pattern!r} is not a regular expression")
+        _check(self.unverifiable in UNVERIFIABLE_MODES, "unverifiable",
+               f"{self.unverifiable!r} must be one of {', '.join(UNVERIFIABLE_MODES)}")
 
     def database_url(self) -> str | None:
         """The source's connection string: inline (no password) or from its environment variable."""
@@ -175,6 +188,14 @@ def _is_timezone(name: str) -> bool:
 
 def _is_env_name(name: object) -> bool:
     return isinstance(name, str) and re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name) is not None
+
+
+def _is_regex(pattern: object) -> bool:
+    try:
+        re.compile(pattern)  # type: ignore[arg-type]
+    except (re.error, TypeError):
+        return False
+    return True
 
 
 def _check(ok: bool, field_name: str, message: str) -> None:
@@ -232,7 +253,8 @@ def load_config_file(path: Path) -> list[SourceConfig]:
 
 def source_from_env(env: dict[str, str]) -> SourceConfig:
     """The single-source setup: PG_BACKUP_DATABASE_URL, PG_BACKUP_TARGET, PG_BACKUP_SOURCE, PG_BACKUP_PROFILE
-    (and PG_BACKUP_SIGNING_KEY / PG_BACKUP_VERIFY_KEY when set: that source signs / checks signatures).
+    (and PG_BACKUP_SIGNING_KEY / PG_BACKUP_VERIFY_KEY when set: that source signs / checks signatures), and the
+    optional *_ENV settings above (the same meaning as the YAML field of the same name).
 
     It backs up daily unless PG_BACKUP_SCHEDULE says otherwise (`off` disables the schedule): a backup service
     that never backs up until told would be a trap.
@@ -242,23 +264,33 @@ def source_from_env(env: dict[str, str]) -> SourceConfig:
         "target": env.get("PG_BACKUP_TARGET", "./backups"),
         "profile": env.get("PG_BACKUP_PROFILE", "plain"),
     }
-    schedule = env.get("PG_BACKUP_SCHEDULE") or DEFAULT_SCHEDULE
+    schedule = env.get(SCHEDULE_ENV) or DEFAULT_SCHEDULE
     if schedule.strip().lower() != "off":
         values["schedule"] = schedule
     if env.get(SIGNING_KEY_ENV):
         values["signing_key_env"] = SIGNING_KEY_ENV
     if env.get(VERIFY_KEY_ENV):
         values["verify_key_env"] = VERIFY_KEY_ENV
-    if env.get("PG_BACKUP_MAX_CONNECTIONS"):
-        values["max_connections"] = _int_env(env, "PG_BACKUP_MAX_CONNECTIONS")
+    if env.get(MAX_CONNECTIONS_ENV):
+        values["max_connections"] = _number_env(env, MAX_CONNECTIONS_ENV, int)
+    if env.get(LOCK_TIMEOUT_ENV):
+        values["lock_timeout_seconds"] = _number_env(env, LOCK_TIMEOUT_ENV, float)
+    if env.get(MAX_RUNTIME_ENV):
+        off = env[MAX_RUNTIME_ENV].strip().lower() == "off"
+        values["max_runtime_minutes"] = None if off else _number_env(env, MAX_RUNTIME_ENV, int)
+    if env.get(ACCEPTED_RESTORE_ERRORS_ENV):
+        values["accepted_restore_errors"] = [p for p in env[ACCEPTED_RESTORE_ERRORS_ENV].splitlines() if p.strip()]
+    if env.get(UNVERIFIABLE_ENV):
+        values["unverifiable"] = env[UNVERIFIABLE_ENV].strip().lower()
     return source_from_mapping(values, "from environment")
 
 
-def _int_env(env: dict[str, str], key: str) -> int:
+def _number_env(env: dict[str, str], key: str, kind: type[int] | type[float]) -> int | float:
     try:
-        return int(env[key])
+        return kind(env[key])
     except ValueError:
-        raise BackupError(f"invalid {key}: {env[key]!r} is not an integer") from None
+        what = "an integer" if kind is int else "a number"
+        raise BackupError(f"invalid {key}: {env[key]!r} is not {what}") from None
 
 
 def load_sources(env: dict[str, str] | None = None) -> list[SourceConfig]:

@@ -66,6 +66,33 @@ def test_config_from_env_defaults():
         "main", "/tmp/x", "plain", "PG_BACKUP_DATABASE_URL")
 
 
+def test_config_from_env_carries_every_issue_14_setting():
+    (source,) = load_sources({
+        "PG_BACKUP_TARGET": "/tmp/x", "PG_BACKUP_LOCK_TIMEOUT_SECONDS": "2.5", "PG_BACKUP_MAX_RUNTIME_MINUTES": "90",
+        "PG_BACKUP_ACCEPTED_RESTORE_ERRORS": "extension .* does not exist\n\nrole \"x\"", "PG_BACKUP_UNVERIFIABLE": "warn",
+    })
+    assert (source.lock_timeout_seconds, source.max_runtime_minutes, source.unverifiable) == (2.5, 90, "warn")
+    assert source.accepted_restore_errors == ("extension .* does not exist", 'role "x"')
+    (unlimited,) = load_sources({"PG_BACKUP_MAX_RUNTIME_MINUTES": "off"})
+    assert unlimited.max_runtime_minutes is None and unlimited.unverifiable == "fail"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"PG_BACKUP_LOCK_TIMEOUT_SECONDS": "soon"}, "invalid PG_BACKUP_LOCK_TIMEOUT_SECONDS: 'soon' is not a number"),
+        ({"PG_BACKUP_LOCK_TIMEOUT_SECONDS": "0"}, "invalid config field 'lock_timeout_seconds'"),
+        ({"PG_BACKUP_MAX_RUNTIME_MINUTES": "1.5"}, "invalid PG_BACKUP_MAX_RUNTIME_MINUTES: '1.5' is not an integer"),
+        ({"PG_BACKUP_UNVERIFIABLE": "ignore"}, "invalid config field 'unverifiable'"),
+        ({"PG_BACKUP_ACCEPTED_RESTORE_ERRORS": "[a"}, "invalid config field 'accepted_restore_errors'"),
+    ],
+)
+def test_bad_env_settings_fail_in_one_line(env, message):
+    with pytest.raises(BackupError) as info:
+        load_sources(env)
+    assert str(info.value).startswith(message)
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [
@@ -81,6 +108,8 @@ def test_config_from_env_defaults():
         ("sources: [{name: a, target: /x, schedule: every night}]", "schedule"),
         ("sources: [{name: a, target: /x, schedule: '0 3 * * *', timezone: Mars/Olympus}]", "timezone"),
         ("sources: [{name: a, target: /x, tiers: [table]}]", "tiers"),
+        ("sources: [{name: a, target: /x, unverifiable: maybe}]", "unverifiable"),
+        ("sources: [{name: a, target: /x, accepted_restore_errors: ['(unclosed']}]", "accepted_restore_errors"),
     ],
 )
 def test_bad_config_names_the_field(tmp_path, body, field):

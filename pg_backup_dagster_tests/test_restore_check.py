@@ -8,10 +8,17 @@ from pathlib import Path
 import pytest
 
 from pg_backup_dagster.pg.tools import find_tools
-from pg_backup_dagster.verify.test_restore import restore_and_compare
+from pg_backup_dagster.verify.check_server import choose_check_server
+from pg_backup_dagster.verify.test_restore import RestoreReport, restore_and_compare
 from pg_backup_dagster_tests.helpers import create_database
 
 ROWS = 5000
+
+
+def check(path: Path, expected: list[dict], restore_url: str | None = None, **options) -> RestoreReport:
+    """restore_and_compare on the server the checks would choose for this archive."""
+    return restore_and_compare(find_tools(), path, expected, server=choose_check_server(path, restore_url, 18),
+                               **options)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +44,7 @@ def archive(pg18, tmp_path_factory):
 
 def test_good_archive_passes_with_exact_counts(archive):
     path, expected = archive
-    report = restore_and_compare(find_tools(), path, expected)
+    report = check(path, expected)
     assert report.passed, report
     assert [t["restored"] for t in report.tables] == [ROWS, 2]
     assert report.seconds > 0
@@ -46,7 +53,7 @@ def test_good_archive_passes_with_exact_counts(archive):
 def test_count_mismatch_names_the_table(archive):
     path, expected = archive
     wrong = [dict(expected[0], rows=ROWS + 1), expected[1]]
-    report = restore_and_compare(find_tools(), path, wrong)
+    report = check(path, wrong)
     assert not report.passed
     assert [(t["schema"], t["table"]) for t in report.differing] == [("public", "items")]
 
@@ -55,7 +62,7 @@ def test_truncated_archive_fails(archive, tmp_path):
     path, expected = archive
     broken = tmp_path / "truncated.dump"
     broken.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    report = restore_and_compare(find_tools(), broken, expected)
+    report = check(broken, expected)
     assert not report.passed and report.errors
 
 
@@ -67,7 +74,7 @@ def test_altered_archive_fails(archive, tmp_path):
     middle = len(data) * 3 // 4
     data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
     altered.write_bytes(bytes(data))
-    report = restore_and_compare(find_tools(), altered, expected)
+    report = check(altered, expected)
     assert not report.passed
 
 
@@ -75,7 +82,7 @@ def test_restore_server_scratch_database_is_dropped(archive, pg18):
     import psycopg
 
     path, expected = archive
-    report = restore_and_compare(find_tools(), path, expected, restore_url=pg18.dsn())
+    report = check(path, expected, pg18.dsn())
     assert report.passed, report
     with psycopg.connect(pg18.dsn()) as conn:
         left = conn.execute("SELECT count(*) FROM pg_database WHERE datname LIKE 'pgbd_check_%'").fetchone()[0]
@@ -165,7 +172,7 @@ def test_plain_foreign_keys_stay_in_the_parallel_pass(archive, partitioned_archi
 
 def test_partitioned_archive_passes_with_exact_counts(partitioned_archive):
     path, expected = partitioned_archive
-    report = restore_and_compare(find_tools(), path, expected, jobs=2)
+    report = check(path, expected, jobs=2)
     assert report.passed, report
     assert {t["table"]: t["restored"] for t in report.tables}["measures_2"] == 100
 

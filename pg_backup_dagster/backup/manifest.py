@@ -130,7 +130,7 @@ class Manifest(BaseModel):
     files: list[FileEntry]
     tables: list[TableRows]
     checks: dict[str, CheckRecord]
-    passed: bool
+    passed: bool  # every check passed, or is unverified by the source's choice (unverified_checks names them)
     encryption: Encryption | None = None
     signature: Signature | None = None
 
@@ -163,7 +163,10 @@ class Manifest(BaseModel):
         return any(entry.encrypted for entry in self.files)
 
     def failed_checks(self) -> list[str]:
-        return [name for name, check in self.checks.items() if not check.passed]
+        return [name for name, check in self.checks.items() if not check.publishable]
+
+    def unverified_checks(self) -> list[str]:
+        return [name for name, check in self.checks.items() if check.unverified]
 
 
 def parse_json_object(data: bytes, what: str) -> dict[str, Any]:

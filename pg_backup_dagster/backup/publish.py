@@ -72,7 +72,7 @@ def build_manifest(source: str, profile: str, staging: Staging, digests: dict[st
         files=[FileEntry(path=rel, size=d.size, sha256=d.sha256, **identities[rel]) for rel, d in digests.items()],
         tables=[TableRows(r.schema, r.table, r.rows, split_rows.get(r.key)) for r in dumps.row_counts],
         checks=checks,
-        passed=bool(checks) and all(check.passed for check in checks.values()),
+        passed=bool(checks) and all(check.publishable for check in checks.values()),
     )
 
 
@@ -92,7 +92,7 @@ class Published:
     def summary_markdown(self) -> str:
         m = self.manifest
         rows = "\n".join(f"| {tier} | {human_bytes(size)} |" for tier, size in sorted(self.totals_by_tier().items()))
-        checks = "\n".join(f"- {name}: {'passed' if c.passed else 'FAILED'}" for name, c in m.checks.items())
+        checks = "\n".join(f"- {name}: {c.status}" for name, c in m.checks.items())
         if m.signature is not None:
             checks += f"\n- manifest signed ({m.signature.algorithm}, key {m.signature.key_id})"
         return (

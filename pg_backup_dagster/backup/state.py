@@ -72,9 +72,21 @@ class TablesState(StepState):
 
 
 class CheckRecord(BaseModel):
-    """A check's verdict as kept in staging and in the manifest; check-specific details ride along as extras."""
+    """A check's verdict as kept in staging and in the manifest; check-specific details ride along as extras.
+
+    `unverified` holds the reason when the check could not run and the source chose to publish anyway
+    (`unverifiable: warn`): such a check has not passed, yet it does not stop publishing."""
 
     model_config = ConfigDict(extra="allow")
     passed: bool
     description: str
     seconds: float = 0.0
+    unverified: str | None = None
+
+    @property
+    def status(self) -> str:
+        return "passed" if self.passed else "UNVERIFIED" if self.unverified else "FAILED"
+
+    @property
+    def publishable(self) -> bool:
+        return self.passed or self.unverified is not None

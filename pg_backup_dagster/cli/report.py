@@ -23,7 +23,8 @@ def print_outcome(outcome: BackupOutcome, source: SourceConfig) -> None:
         if meta:
             typer.echo(f"  {name:<14} {human_bytes(meta.get('size_bytes', 0))}  {meta.get('duration_s')} s")
     for check, (passed, description) in sorted(outcome.checks.items()):
-        typer.echo(f"  check {check:<22} {'passed' if passed else 'FAILED'}: {description}")
+        status = "passed" if passed else "UNVERIFIED" if check in outcome.unverified else "FAILED"
+        typer.echo(f"  check {check:<22} {status}: {description}")
     manifest = outcome.materialized.get("backup_manifest")
     if manifest:
         typer.echo(f"  published      {manifest.get('location')}  ({manifest.get('files')} files, "
@@ -53,6 +54,8 @@ def print_backup_list(source: SourceConfig) -> None:
             recheck, verified = None, f"re-check marker unreadable: {exc}"
         failed_recheck = recheck is not None and not recheck.passed
         checks = "passed" if manifest.passed and not failed_recheck else "FAILED"
+        if checks == "passed" and manifest.unverified_checks():
+            checks = f"passed, UNVERIFIED {', '.join(manifest.unverified_checks())}"
         mark = "  <- latest" if backup_id == latest else ""
         try:
             future = future_problem(parse_backup_id(backup_id))

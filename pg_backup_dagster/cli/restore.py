@@ -29,7 +29,8 @@ def verify(
     if report.restore is not None:
         r = report.restore
         verdict = "passed" if r.passed else "FAILED"
-        typer.echo(f"test restore {verdict}: {len(r.tables)} tables, {len(r.differing)} differ, {r.seconds:.1f}s")
+        where = f" on {r.server}" if r.server else ""
+        typer.echo(f"test restore {verdict}{where}: {len(r.tables)} tables, {len(r.differing)} differ, {r.seconds:.1f}s")
         for error in r.errors:
             typer.echo(f"  pg_restore: {error}", err=True)
         for row in r.differing:

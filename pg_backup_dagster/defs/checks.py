@@ -1,7 +1,8 @@
 """The blocking checks of one source's backup. Each records its result in staging for the manifest.
 
 A failing check has ERROR severity and is blocking: the manifest step is skipped, nothing is published,
-latest.json stays on the previous good backup.
+latest.json stays on the previous good backup. An unverified check (no server can restore the backup and the
+source chose `unverifiable: warn`) has WARN severity: it does not block, and the manifest records it.
 """
 
 import warnings
@@ -25,11 +26,13 @@ from pg_backup_dagster.verify import tiers as verify_tiers
 
 def _result(context, step: StepContext, name: str, outcome: verify_tiers.CheckOutcome) -> dg.AssetCheckResult:
     step.staging.save_check(name, outcome.record())
-    if not outcome.passed:
+    if outcome.unverified:
+        context.log.warning(f"check {name} unverified: {outcome.description}")
+    elif not outcome.passed:
         context.log.error(f"check {name} failed: {outcome.description}")
     return dg.AssetCheckResult(
         passed=outcome.passed,
-        severity=dg.AssetCheckSeverity.ERROR,
+        severity=dg.AssetCheckSeverity.WARN if outcome.unverified else dg.AssetCheckSeverity.ERROR,
         description=outcome.description,
         metadata={k: row_counts_table(v) if k == "row_counts" else v for k, v in outcome.metadata.items()},
     )
@@ -75,11 +78,7 @@ def _tier_check(source: SourceConfig, tier: Tier, common: dict) -> dg.AssetCheck
 # What each tier's check proves lives in verify/tiers.py; this maps a tier to it.
 RUN_CHECK: dict[str, Callable[[StepContext, SourceConfig], verify_tiers.CheckOutcome]] = {
     ROLES.name: lambda step, source: verify_tiers.check_roles_file(step),
-    FULL.name: lambda step, source: verify_tiers.check_full_restore(
-        step, source, source.restore_url(), stub_roles(source, step)
-    ),
+    FULL.name: lambda step, source: verify_tiers.check_full_restore(step, source, stub_roles(source, step)),
     SCHEMA.name: lambda step, source: verify_tiers.check_schema_archives(step),
-    TABLE.name: lambda step, source: verify_tiers.check_table_files(
-        step, source.restore_url(), source.table_check_sample, stub_roles(source, step)
-    ),
+    TABLE.name: lambda step, source: verify_tiers.check_table_files(step, source, stub_roles(source, step)),
 }

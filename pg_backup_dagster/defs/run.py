@@ -29,6 +29,7 @@ class BackupOutcome:
     success: bool
     materialized: dict[str, dict] = field(default_factory=dict)
     checks: dict[str, tuple[bool, str]] = field(default_factory=dict)
+    unverified: list[str] = field(default_factory=list)  # checks that could not run; published anyway (WARN)
     errors: list[str] = field(default_factory=list)
 
 
@@ -68,6 +69,8 @@ def run_backup(
             outcome.errors.append(f"{event.step_key}: {_error_line(error)}")
     for evaluation in result.get_asset_check_evaluations():
         outcome.checks[evaluation.check_name] = (evaluation.passed, evaluation.description or "")
+        if not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.WARN:
+            outcome.unverified.append(evaluation.check_name)
     return outcome
 
 

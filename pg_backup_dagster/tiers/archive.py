@@ -150,6 +150,17 @@ def read_archive(path: Path) -> Archive:
     return archive
 
 
+def entry_definition(archive: Archive, entry: TocEntry) -> bytes:
+    """The CREATE text of an entry read from a finished archive (TocEntry does not keep it: a TOC can hold
+    100,000 entries); re-read from the stored TOC bytes, for the few entries a caller asks about."""
+    reader = ArchiveReader(io.BytesIO(archive.raw[entry.fields_span[0]:entry.fields_span[1]]), archive.int_size)
+    reader.int()  # had data dumper
+    for _ in range(4):
+        reader.str()  # tableoid, oid, tag, desc
+    reader.int()  # section
+    return reader.str() or b""
+
+
 def read_toc(handle: BinaryIO) -> Archive:
     """Read header and TOC from a stream at the archive's start; the stream is left where data blocks begin."""
     if handle.read(5) != MAGIC:

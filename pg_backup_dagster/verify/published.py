@@ -14,6 +14,7 @@ from pg_backup_dagster.pg.tools import find_tools
 from pg_backup_dagster.restore.run import OpenedBackup, open_backup, work_dir
 from pg_backup_dagster.storage.base import concurrently
 from pg_backup_dagster.tiers.registry import ARCHIVE_TIERS
+from pg_backup_dagster.verify.check_server import NoCheckServer, choose_check_server
 from pg_backup_dagster.verify.test_restore import RestoreReport, restore_and_compare
 
 
@@ -87,8 +88,13 @@ def verify_backup(
         work = Path(tmp)
         full_archive = check_files(backup, report, tools.path("pg_restore"), work, keep_full=full_restore)
         if full_restore and full_archive is not None and not report.problems:
+            try:
+                server = choose_check_server(full_archive, restore_url, backup.manifest.server_major)
+            except NoCheckServer as problem:
+                report.restore = RestoreReport(errors=[str(problem)])
+                return report
             report.restore = restore_and_compare(
-                tools, full_archive, [asdict(t) for t in backup.manifest.tables], restore_url=restore_url,
-                jobs=source.restore_jobs,
+                tools, full_archive, [asdict(t) for t in backup.manifest.tables], server=server,
+                jobs=source.restore_jobs, accepted_errors=list(source.accepted_restore_errors),
             )
     return report

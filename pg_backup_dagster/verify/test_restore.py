@@ -20,13 +20,14 @@ from pg_backup_dagster.pg.local_server import ephemeral_server
 from pg_backup_dagster.pg.sql import existing_tables
 from pg_backup_dagster.pg.tools import PgTools
 from pg_backup_dagster.restore.runner import pg_restore_into
-from pg_backup_dagster.tiers.archive import UnsupportedArchive, read_archive
+from pg_backup_dagster.verify.check_server import CheckServer, archive_needs
 
 
 @dataclass
 class RestoreReport:
-    """What a test restore found: duration, per-table counts, and why it failed if it did."""
+    """What a test restore found: where it ran, duration, per-table counts, and why it failed if it did."""
 
+    server: str = ""
     seconds: float = 0.0
     tables: list[dict] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -50,17 +51,19 @@ def create_stub_roles(conn: psycopg.Connection, roles: Sequence[str]) -> None:
 
 @contextmanager
 def scratch_database(
-    restore_url: str | None, work_dir: Path | None = None, stub_roles: Sequence[str] = ()
+    server: CheckServer, work_dir: Path | None = None, stub_roles: Sequence[str] = ()
 ) -> Iterator[str]:
-    """A throwaway database: on the configured restore server, else on an ephemeral local server; always dropped.
+    """A throwaway database: on the configured restore server, else on an ephemeral server from the chosen
+    build; always dropped.
 
     The ephemeral server's own empty `postgres` database is the target: it is what CREATE DATABASE would copy
     from template1 anyway, and the whole server goes away afterwards."""
+    restore_url = server.restore_url
     if not restore_url:
-        with ephemeral_server(parent=work_dir) as server:
-            with psycopg.connect(server.dsn(), autocommit=True) as conn:
+        with ephemeral_server(parent=work_dir, bin_dir=server.bin_dir) as local:
+            with psycopg.connect(local.dsn(), autocommit=True) as conn:
                 create_stub_roles(conn, stub_roles)
-            yield server.dsn()
+            yield local.dsn()
         return
     name = f"pgbd_check_{secrets.token_hex(6)}"
     register_secret(conninfo_to_dict(restore_url).get("password"))
@@ -106,11 +109,8 @@ def restored_counts(dsn: str, expected: list[dict], workers: int = 1) -> list[di
 
 def missing_extensions(archive: Path, dsn: str) -> list[str]:
     """Extensions the archive creates that the server at dsn cannot (not installed there), found before any restore
-    so the check names them instead of failing halfway. Archives the reader does not know are not pre-checked."""
-    try:
-        wanted = {(e.tag or b"").decode() for e in read_archive(archive).entries if e.desc == "EXTENSION"}
-    except UnsupportedArchive:
-        return []
+    so the check names them instead of failing halfway (a configured server is checked live: no files to read)."""
+    wanted = {need.name for need in archive_needs(archive) if need.kind == "extension"}
     if not wanted:
         return []
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -123,20 +123,22 @@ def restore_and_compare(
     archive: Path,
     expected: list[dict],
     *,
-    restore_url: str | None = None,
+    server: CheckServer,
     jobs: int = 2,
     accepted_errors: list[str] | None = None,
     work_dir: Path | None = None,
     stub_roles: Sequence[str] = (),
 ) -> RestoreReport:
-    """Restore the archive into a throwaway database and compare every table's rows with the dump-time counts."""
-    report = RestoreReport()
+    """Restore the archive into a throwaway database on `server` (see verify/check_server.py) and compare every
+    table's rows with the dump-time counts."""
+    report = RestoreReport(server=server.label)
     started = time.monotonic()
-    with scratch_database(restore_url, work_dir, stub_roles) as dsn:
-        if missing := missing_extensions(archive, dsn):
+    with scratch_database(server, work_dir, stub_roles) as dsn:
+        if server.restore_url and (missing := missing_extensions(archive, dsn)):
             report.errors = [
-                f"the check server lacks extension(s) {', '.join(missing)} that the backup holds: install a server "
-                "build with them on the check host, or point PG_BACKUP_RESTORE_URL at a server built like production"
+                f"the restore server (PG_BACKUP_RESTORE_URL) lacks extension(s) {', '.join(missing)} that the backup "
+                "holds: install them there, point PG_BACKUP_RESTORE_URL at a server built like production, or unset "
+                "it to let the check choose an installed server build"
             ]
             return report
         report.errors, report.accepted_errors = pg_restore_into(tools, archive, dsn, jobs, accepted_errors or [])

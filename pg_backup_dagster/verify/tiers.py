@@ -20,6 +20,7 @@ from pg_backup_dagster.pg.sql import server_major_at
 from pg_backup_dagster.restore.roles import restore_roles_file
 from pg_backup_dagster.restore.tables import plan_table_restore, restore_tables
 from pg_backup_dagster.tiers.table_split import TableDump
+from pg_backup_dagster.verify.check_server import CheckServer, NoCheckServer, choose_check_server
 from pg_backup_dagster.verify.test_restore import restore_and_compare, restored_counts, scratch_database
 
 DEFAULT_TABLE_SAMPLE_LIMIT = 1000
@@ -28,37 +29,70 @@ DEFAULT_TABLE_SAMPLE_LIMIT = 1000
 @dataclass
 class CheckOutcome:
     """A check's verdict, a one-line description, what the UI shows (`row_counts`: expected vs restored rows per
-    table), and the JSON kept in the manifest."""
+    table), and the JSON kept in the manifest. `unverified`: why the check could not run, when the source
+    publishes anyway (a warning, not a failure)."""
 
     passed: bool
     description: str
     metadata: dict[str, Any] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    unverified: str | None = None
 
     def record(self) -> CheckRecord:
         return CheckRecord(passed=self.passed, description=self.description, seconds=round(self.seconds, 3),
-                           **self.details)
+                           unverified=self.unverified, **self.details)
+
+
+def _check_server(step: StepContext, source: SourceConfig) -> CheckServer:
+    """The server this backup's restores go to (verify/check_server.py), or NoCheckServer before any restore."""
+    major = step.staging.load(DumpsState).server_major
+    return choose_check_server(step.staging.full_dump, source.restore_url(), major)
+
+
+def _no_check_server(source: SourceConfig, problem: NoCheckServer, started: float) -> CheckOutcome:
+    """No server can restore the backup: a failure naming what is missing and the fixes, or, when the source
+    chose `unverifiable: warn`, an unverified outcome naming what is missing and what no restore has checked."""
+    seconds = time.monotonic() - started
+    details = {"missing": problem.missing, "not_verified": problem.objects}
+    if source.unverifiable != "warn":
+        return CheckOutcome(False, str(problem), {"missing": ", ".join(problem.missing)}, details, seconds)
+    objects = _first_ten(problem.objects)
+    reason = (f"no test restore ran: no check server has {', '.join(problem.missing)}"
+              + (f"; objects needing it, not verified: {objects}" if objects else ""))
+    return CheckOutcome(
+        False, f"UNVERIFIED (published anyway, unverifiable: warn): {reason}",
+        {"missing": ", ".join(problem.missing), "not_verified": ", ".join(problem.objects) or "(none named)",
+         "restore_ran": False},
+        details, seconds, unverified=reason,
+    )
+
+
+def _first_ten(items: list[str]) -> str:
+    """A list short enough for one description line."""
+    return ", ".join(items[:10]) + (f" and {len(items) - 10} more" if len(items) > 10 else "")
 
 
 def _differences_text(rows: list[dict]) -> str:
-    shown = ", ".join(f"{r['schema']}.{r['table']} (expected {r['expected']}, restored {r['restored']})"
-                      for r in rows[:10])
-    return shown + (f" and {len(rows) - 10} more" if len(rows) > 10 else "")
+    return _first_ten([f"{r['schema']}.{r['table']} (expected {r['expected']}, restored {r['restored']})"
+                       for r in rows])
 
 
-def check_full_restore(
-    step: StepContext, source: SourceConfig, restore_url: str | None, stub_roles: Sequence[str]
-) -> CheckOutcome:
-    """pg_restore -j the full archive into a throwaway database and compare exact row counts.
+def check_full_restore(step: StepContext, source: SourceConfig, stub_roles: Sequence[str]) -> CheckOutcome:
+    """pg_restore -j the full archive into a throwaway database on a server that can restore what it holds, and
+    compare exact row counts.
 
     pg_restore errors fail the check unless they match a pattern the source lists explicitly in
     `accepted_restore_errors` (empty by default).
     """
     expected = [asdict(row) for row in step.staging.load(DumpsState).row_counts]
     started = time.monotonic()
+    try:
+        server = _check_server(step, source)
+    except NoCheckServer as problem:
+        return _no_check_server(source, problem, started)
     report = restore_and_compare(
-        step.pg.tools(), step.staging.full_dump, expected, restore_url=restore_url, jobs=source.restore_jobs,
+        step.pg.tools(), step.staging.full_dump, expected, server=server, jobs=source.restore_jobs,
         accepted_errors=list(source.accepted_restore_errors), stub_roles=stub_roles,
     )
     differing = report.differing
@@ -77,9 +111,10 @@ def check_full_restore(
             "tables_differing": len(differing),
             "restore_errors": len(report.errors),
             "row_counts": report.tables,
-            "target": "restore server (PG_BACKUP_RESTORE_URL)" if restore_url else "ephemeral local server",
+            "check_server": report.server,
         },
-        details={"restore_seconds": round(report.seconds, 3), "tables_checked": len(report.tables),
+        details={"check_server": report.server, "restore_seconds": round(report.seconds, 3),
+                 "tables_checked": len(report.tables),
                  "differing": differing, "errors": report.errors, "accepted_errors": report.accepted_errors},
         seconds=time.monotonic() - started,
     )
@@ -128,22 +163,25 @@ def sample_tables(tables: list[TableDump], sample: int | None, seed: str) -> lis
     return [by_name[key] for key in sorted(chosen)]
 
 
-def check_table_files(
-    step: StepContext, restore_url: str | None, sample: int | None, stub_roles: Sequence[str]
-) -> CheckOutcome:
-    """Every table has schema.sql and data.sql; the sampled ones restore their exact rows into a scratch db."""
+def check_table_files(step: StepContext, source: SourceConfig, stub_roles: Sequence[str]) -> CheckOutcome:
+    """Every table has schema.sql and data.sql; the sampled ones restore their exact rows into a scratch db on a
+    server that can restore what the backup holds."""
     started = time.monotonic()
+    try:
+        server = _check_server(step, source)
+    except NoCheckServer as problem:
+        return _no_check_server(source, problem, started)
     tier = step.staging.load(TablesState)
     dumped = {r.key: r.rows for r in step.staging.load(DumpsState).row_counts}
     missing = [f"{t.schema}.{t.table}: {kind}" for t in tier.tables for kind in ("schema", "data")
                if kind not in t.files or not (step.staging.root / t.files[kind]).is_file()]
     absent = sorted(f"{s}.{t}" for (s, t) in set(dumped) - {(t.schema, t.table) for t in tier.tables})
-    chosen = sample_tables(tier.tables, sample, step.backup_id)
+    chosen = sample_tables(tier.tables, source.table_check_sample, step.backup_id)
     rows: list[dict] = []
     error = None
     if not missing and not absent:
         try:
-            rows = _restore_sample(step, restore_url, chosen, tier, dumped, stub_roles)
+            rows = _restore_sample(step, server, chosen, tier, dumped, stub_roles)
         except BackupError as exc:
             error = str(exc)
     differing = [r for r in rows if r["expected"] != r["restored"]]
@@ -160,7 +198,7 @@ def check_table_files(
     return CheckOutcome(
         passed=passed, description=description,
         metadata={"tables": len(tier.tables), "restored": len(rows), "tables_differing": len(differing),
-                  "row_counts": rows},
+                  "check_server": server.label, "row_counts": rows},
         details={"tables": len(tier.tables), "restored": len(rows), "missing": missing, "absent": absent,
                  "differing": differing, "error": error},
         seconds=time.monotonic() - started,
@@ -182,14 +220,14 @@ def _with_named_tables(chosen: list[TableDump], tier: TablesState) -> list[Table
 
 
 def _restore_sample(
-    step: StepContext, restore_url, chosen: list[TableDump], tier: TablesState, dumped: dict,
+    step: StepContext, server: CheckServer, chosen: list[TableDump], tier: TablesState, dumped: dict,
     stub_roles: Sequence[str],
 ) -> list[dict]:
     """Restore the sample the way `restore --table` does: every objects file, the tables and what they need (a
     foreign key to a table outside the sample is left out; late objects run only when every table is restored)."""
     plan = plan_table_restore(_with_named_tables(chosen, tier), tier.tables, tier.schema_objects,
                               tier.global_objects, tier.global_objects_late)
-    with scratch_database(restore_url, stub_roles=stub_roles) as dsn:
+    with scratch_database(server, stub_roles=stub_roles) as dsn:
         restore_tables(step.staging.root, plan.tables, dsn, psql=step.pg.tools().path("psql"),
                        schema_objects=plan.schema_objects, global_objects=plan.global_objects,
                        late_objects=plan.late_objects)
