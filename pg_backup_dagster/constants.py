@@ -15,7 +15,7 @@ SOURCE_TAG = "pg_backup/source"
 TRIGGER_TAG = "pg_backup/trigger"
 HOST_TAG = "pg_backup/host"
 PID_TAG = "pg_backup/pid"
-CHECKS_SIDE_BY_SIDE_TAG = "pg_backup/checks_side_by_side"  # an in-process run: start both restore checks at once
+IN_PROCESS_TAG = "pg_backup/in_process"  # a run whose steps share one process: later steps' work may start early
 MAX_RUNTIME_TAG = "dagster/max_runtime"  # seconds; the daemon's run monitoring fails runs that exceed it
 
 # Asset names (each under the source's key prefix)

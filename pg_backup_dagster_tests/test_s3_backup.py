@@ -134,3 +134,40 @@ def test_multipart_backups_match_manifest_and_a_failed_upload_publishes_nothing(
     assert str(staging) in result.output and not staging.exists()
     assert storage.list_backups("bulk") == [ID1, ID3]
     storage.fetch("bulk", ID1, tmp_path / ID1)  # verifies size and sha256 of every file
+
+
+# A real-world restore failure: a CHECK calls a function that calls another one unqualified. Inserts work on the
+# live server; pg_restore loads the rows with an empty search_path, so the full-dump check fails.
+UNRESTORABLE_SQL = """
+SET search_path = public;
+CREATE FUNCTION public.inner_fn(x int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT x + 1';
+CREATE FUNCTION public.outer_fn(x int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$BEGIN RETURN inner_fn(x); END$$;
+CREATE TABLE public.checked (x int CHECK (public.outer_fn(x) > 0));
+INSERT INTO public.checked SELECT generate_series(1, 10);
+"""
+
+
+def test_files_stored_while_the_checks_ran_go_when_a_check_fails(
+    s3_env, bucket, s3_client, pg18, monkeypatch
+):
+    """The CLI's run stores the tier files during the checks; a failing check removes them, a passing one
+    publishes without storing them twice."""
+    dsn = create_database(pg18, "s3early")
+    load_sql_file(dsn, SAMPLE_SQL)
+    monkeypatch.setenv(DSN_ENV, dsn)
+    source = SourceConfig(name="bulk", dsn_env=DSN_ENV, target=f"s3://{bucket}/{PREFIX}", restore_url_env=None)
+    with dg.instance_for_test() as instance:
+        good = run_backup(source, [source], instance, backup_id=ID1)
+        assert good.success, good.errors
+        manifest = open_storage(source.target).read_manifest("bulk", ID1)
+        late = {"RESTORE.md", "SHA256SUMS"}
+        assert good.materialized["backup_manifest"]["files_stored_early"] == len(manifest.files) - len(late)
+
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(UNRESTORABLE_SQL)
+        failed = run_backup(source, [source], instance, backup_id=ID2)
+    assert not failed.success and not failed.checks["full_dump_restores"][0]
+    assert "inner_fn" in failed.checks["full_dump_restores"][1]
+    assert not object_keys(s3_client, bucket, f"{PREFIX}/bulk/{ID2}/"), "what was stored early must go"
+    storage = open_storage(source.target)
+    assert storage.list_backups("bulk") == [ID1] and storage.read_latest("bulk")["backup_id"] == ID1

@@ -21,6 +21,7 @@ from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.errors import BackupError
 from pg_backup_dagster.files import Digest, human_bytes, sha256_file, staged_files
 from pg_backup_dagster.storage import BackupRepository
+from pg_backup_dagster.storage.repository import EarlyUpload
 
 
 def file_identities(dumps: DumpsState, tables: TablesState | None) -> dict[str, dict[str, Any]]:
@@ -82,6 +83,7 @@ class Published:
 
     location: str
     manifest: Manifest
+    stored_early: int = 0  # files stored while the checks ran (an in-process run), not by publish
 
     def totals_by_tier(self) -> dict[str, int]:
         totals: dict[str, int] = {}
@@ -108,15 +110,19 @@ class Published:
 
 
 def publish_backup(
-    source: SourceConfig, storage: BackupRepository, staging: Staging, log: logging.Logger
+    source: SourceConfig, storage: BackupRepository, staging: Staging, log: logging.Logger,
+    early: EarlyUpload | None = None,
 ) -> Published:
     """Publish a staged backup whose checks passed; manifest last; latest.json only after that.
 
     With a signing key, the manifest is signed before anything is stored (a backup never exists unsigned), and
-    the stored manifest is checked against the key's public half before latest.json moves to it.
+    the stored manifest is checked against the key's public half before latest.json moves to it. Files an `early`
+    upload stored while the checks ran keep the hash it took and are not stored again.
     """
     write_restore_doc(source.name, staging)
-    digests = {rel: sha256_file(staging.root / rel) for rel in staged_files(staging.root) if rel != CHECKSUMS_NAME}
+    known = early.unchanged_digests(staging.root) if early else {}
+    digests = {rel: known.get(rel) or sha256_file(staging.root / rel)
+               for rel in staged_files(staging.root) if rel != CHECKSUMS_NAME}
     write_checksums(staging, digests)
     digests[CHECKSUMS_NAME] = sha256_file(staging.root / CHECKSUMS_NAME)
     manifest = build_manifest(source.name, source.profile, staging, digests)
@@ -126,7 +132,7 @@ def publish_backup(
     signing_key = source_signing_key(source)
     if signing_key is not None:
         manifest = sign_manifest(manifest, signing_key)
-    location = storage.publish(source.name, staging.backup_id, manifest)
+    location = storage.publish(source.name, staging.backup_id, manifest, early)
     if signing_key is not None:
         stored = storage.read_manifest(source.name, staging.backup_id)
         check_signature(stored, signing_key.public_key(), source.name, staging.backup_id)
@@ -135,4 +141,4 @@ def publish_backup(
         "published_at": datetime.now(UTC).isoformat(timespec="seconds"),
     })
     log.info(f"published backup {staging.backup_id} to {location}")
-    return Published(location, manifest)
+    return Published(location, manifest, len(early.stored) if early else 0)

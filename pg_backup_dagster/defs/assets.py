@@ -5,6 +5,8 @@ the partition, call the work, and turn what it measured into metadata the UI sho
 """
 
 
+from functools import partial
+
 import dagster as dg
 
 from pg_backup_dagster.backup.dumps import app_name, dump_full_and_schemas, dump_roles
@@ -15,9 +17,12 @@ from pg_backup_dagster.constants import (
     postgres_key,
     target_key,
 )
+from pg_backup_dagster.defs import in_process
 from pg_backup_dagster.defs.context import step_context
 from pg_backup_dagster.defs.metadata import dump_metadata, published_metadata, roles_metadata, table_tier_metadata
+from pg_backup_dagster.errors import BackupError
 from pg_backup_dagster.retention.apply import after_publish
+from pg_backup_dagster.storage.repository import EarlyUpload
 from pg_backup_dagster.tiers.registry import FULL, ROLES, SCHEMA, TABLE, tiers_of
 
 
@@ -67,6 +72,9 @@ def build_backup_assets(source: SourceConfig, partitions: dg.DynamicPartitionsDe
         if tables is not None:
             step.staging.save(tables)
             yield dg.MaterializeResult(asset_key=asset_key(source, TABLE.asset), metadata=table_tier_metadata(tables))
+        if in_process.shares_process(context):  # store the tier files while the checks run (defs/in_process.py)
+            in_process.start(context.run.run_id, EARLY_UPLOAD,
+                             partial(step.storage.upload_early, source.name, step.backup_id))
 
     chosen = {ROLES.name: roles_sql, FULL.name: dumps}
     tier_keys = [asset_key(source, tier.asset) for tier in tiers_of(source.tiers)]
@@ -75,9 +83,35 @@ def build_backup_assets(source: SourceConfig, partitions: dg.DynamicPartitionsDe
               description="Checksums of every file; published last, then latest.json moves.", **common)
     def backup_manifest(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         step = step_context(context, source)
-        published = publish_backup(source, step.storage, step.staging, context.log)
+        early = _early_upload(context)
+        try:
+            published = publish_backup(source, step.storage, step.staging, context.log, early)
+        except BaseException:
+            if early is not None:
+                early.discard()
+            raise
         after_publish(source, step.storage, context.instance, context.run.run_id, context.log)
         return dg.MaterializeResult(metadata=published_metadata(published))
 
     return [definition for tier, definition in chosen.items() if tier in source.tiers] + [backup_manifest]
+
+
+EARLY_UPLOAD = "early_upload"
+
+
+def _early_upload(context: dg.AssetExecutionContext) -> EarlyUpload | None:
+    """What the dumps step of this in-process run stored while the checks ran (None: publish stores it all)."""
+    started = in_process.take(context.run.run_id, EARLY_UPLOAD)
+    try:
+        return started.result() if started else None
+    except BackupError as exc:  # it removed what it stored: publish stores every file itself
+        context.log.warning(f"storing the tier files during the checks failed ({exc}); storing them now")
+        return None
+
+
+def discard_early_upload(run_id: str) -> None:
+    """After an in-process run: remove what its dumps step stored early if its manifest step never took it."""
+    started = in_process.take(run_id, EARLY_UPLOAD)
+    if started is not None and started.exception() is None:
+        started.result().discard()
 

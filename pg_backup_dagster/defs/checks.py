@@ -5,20 +5,19 @@ latest.json stays on the previous good backup. An unverified check (no server ca
 source chose `unverifiable: warn`) has WARN severity: it does not block, and the manifest records it.
 """
 
-import threading
 import warnings
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 
 import dagster as dg
 
 from pg_backup_dagster.backup.step import StepContext
 from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.constants import (
-    CHECKS_SIDE_BY_SIDE_TAG,
     postgres_key,
     target_key,
 )
+from pg_backup_dagster.defs import in_process
 from pg_backup_dagster.defs.assets import asset_key
 from pg_backup_dagster.defs.context import step_context
 from pg_backup_dagster.defs.metadata import row_counts_table
@@ -73,33 +72,24 @@ def _tier_check(source: SourceConfig, tier: Tier, common: dict) -> dg.AssetCheck
                     **common)
     def _check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         step = step_context(context, source)
-        if context.run.tags.get(CHECKS_SIDE_BY_SIDE_TAG) == "true" and tier.name in RESTORE_CHECKS:
+        if in_process.shares_process(context) and tier.name in RESTORE_CHECKS:
             return _result(context, step, tier.check, _side_by_side(context.run.run_id, tier.name, step, source))
         return _result(context, step, tier.check, RUN_CHECK[tier.name](step, source))
 
     return _check
 
 
-# The two checks that restore (a scratch database each) need nothing from each other. Under a multiprocess
-# executor (the UI, schedules) their steps already run at once. A run executed in process (the CLI) runs steps one
-# after another, so it tags itself: the first of them to run starts both, and each step waits for its own.
+# The two checks that restore (a scratch database each) need nothing from each other: in an in-process run the
+# first of them to run starts both (defs/in_process.py), and each step waits for its own.
 RESTORE_CHECKS = (FULL.name, TABLE.name)
-_started: dict[tuple[str, str], Future[verify_tiers.CheckOutcome]] = {}
-_started_lock = threading.Lock()
-_check_pool = ThreadPoolExecutor(len(RESTORE_CHECKS), thread_name_prefix="restore-check")
 
 
 def _side_by_side(run_id: str, tier: str, step: StepContext, source: SourceConfig) -> verify_tiers.CheckOutcome:
-    with _started_lock:
-        for name in RESTORE_CHECKS:
-            if name in source.tiers and (run_id, name) not in _started:
-                _started[(run_id, name)] = _check_pool.submit(RUN_CHECK[name], step, source)
-        future = _started[(run_id, tier)]
-    try:
-        return future.result()
-    finally:
-        with _started_lock:
-            _started.pop((run_id, tier), None)
+    for name in RESTORE_CHECKS:
+        if name in source.tiers:
+            in_process.start(run_id, name, partial(RUN_CHECK[name], step, source))
+    started = in_process.take(run_id, tier)
+    return started.result() if started else RUN_CHECK[tier](step, source)
 
 
 # What each tier's check proves lives in verify/tiers.py; this maps a tier to it.

@@ -89,6 +89,7 @@ def published_metadata(published: Published) -> dict:
         else dg.MetadataValue.path(published.location),
         "database_size_bytes": manifest.database_size or 0,
         "files": len(manifest.files),
+        "files_stored_early": published.stored_early,
         "schemas": len(manifest.entries("schema")),
         "tables": len(manifest.tables),
         "total_bytes": total,

@@ -13,8 +13,10 @@ import dagster as dg
 
 from pg_backup_dagster.backup.backup_id import new_backup_id, validate_backup_id
 from pg_backup_dagster.config import DAGSTER_HOME_ENV, SourceConfig, setting
-from pg_backup_dagster.constants import CHECKS_SIDE_BY_SIDE_TAG, SOURCE_TAG, TRIGGER_TAG, backup_job_name
+from pg_backup_dagster.constants import IN_PROCESS_TAG, SOURCE_TAG, TRIGGER_TAG, backup_job_name
 from pg_backup_dagster.definitions import build_definitions
+from pg_backup_dagster.defs import in_process
+from pg_backup_dagster.defs.assets import discard_early_upload
 from pg_backup_dagster.defs.instance import ensure_instance_config, process_tags, reclaim_abandoned_runs
 from pg_backup_dagster.errors import one_line, redact
 
@@ -57,8 +59,10 @@ def run_backup(
     result = job.execute_in_process(
         run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
         partition_key=backup_id, instance=instance, raise_on_error=False,
-        tags={SOURCE_TAG: source.name, TRIGGER_TAG: "cli", CHECKS_SIDE_BY_SIDE_TAG: "true", **process_tags()},
+        tags={SOURCE_TAG: source.name, TRIGGER_TAG: "cli", IN_PROCESS_TAG: "true", **process_tags()},
     )
+    discard_early_upload(result.run_id)  # what a run that did not publish stored early
+    in_process.forget(result.run_id)
     outcome = BackupOutcome(source.name, backup_id, result.run_id, result.success)
     for event in result.all_events:
         if event.is_step_materialization:

@@ -87,6 +87,51 @@ def _hashed_entry(staging: Path, path: str) -> FileEntry:
     return FileEntry(path=path, size=digest.size, sha256=digest.sha256)
 
 
+@dataclass
+class EarlyUpload:
+    """Files stored into a backup's folder before its manifest, by path: the entry each was stored as (with the
+    encrypted copy's size and hash when encrypting; plain_size/plain_sha256 then hold the staged file's)."""
+
+    pending: PendingFolder
+    stored: dict[str, FileEntry] = field(default_factory=dict)
+    stats: dict[str, tuple[int, int]] = field(default_factory=dict)  # (size, mtime_ns) of each file when hashed
+
+    def unchanged_digests(self, staging: Path) -> dict[str, Digest]:
+        """The hash of every early file not modified since, for publish to reuse instead of hashing it again."""
+        return {path: _plain_digest(entry) for path, entry in self.stored.items()
+                if _stat_of(staging / path) == self.stats.get(path)}
+
+    def entry_for(self, entry: FileEntry) -> FileEntry | None:
+        """The manifest entry as stored, when this file was stored early with the same content; else None."""
+        early = self.stored.get(entry.path)
+        if early is None or _plain_digest(early) != Digest(entry.size, entry.sha256):
+            return None
+        return entry if not early.encrypted else _sealed(entry, Digest(early.size, early.sha256))
+
+    def discard(self) -> None:
+        self.pending.discard()
+
+
+def _stat_of(path: Path) -> tuple[int, int] | None:
+    try:
+        found = path.stat()
+    except FileNotFoundError:
+        return None
+    return found.st_size, found.st_mtime_ns
+
+
+def _plain_digest(entry: FileEntry) -> Digest:
+    return Digest(entry.plain_size, entry.plain_sha256 or "") if entry.encrypted else Digest(entry.size, entry.sha256)
+
+
+def _sealed(entry: FileEntry, digest: Digest) -> FileEntry:
+    """The entry of a file stored encrypted: the stored copy's size and hash, the plain file's kept beside."""
+    return replace(
+        entry, size=digest.size, sha256=digest.sha256, encrypted="age", stored_path=entry.path + ENCRYPTED_SUFFIX,
+        plain_size=entry.size, plain_sha256=entry.sha256,
+    )
+
+
 @dataclass(frozen=True)
 class Recheck:
     """One re-check of a published backup's stored files against its manifest (the verify.json marker).
@@ -266,11 +311,12 @@ class BackupRepository:
             )
 
     # --- publish -------------------------------------------------------------------------------------
-    def publish(self, source: str, backup_id: str, manifest: Manifest) -> str:
+    def publish(self, source: str, backup_id: str, manifest: Manifest, early: EarlyUpload | None = None) -> str:
         """Store the staged files, verify them, then write manifest.json; returns the backup's URL.
 
         Files keep the hash taken when they were staged (the manifest's): storage checks against it rather
-        than reading them again. Encrypted files are hashed once more, as what is stored is new bytes.
+        than reading them again. Encrypted files are hashed once more, as what is stored is new bytes. Files an
+        `early` upload already stored with that hash are not stored again.
         """
         staging = self.staging_dir(source, backup_id)
         url = self.backup_url(source, backup_id)
@@ -281,10 +327,12 @@ class BackupRepository:
         if manifest.backup_id != backup_id:
             raise BackupError(f"manifest backup_id {manifest.backup_id!r} differs from {backup_id!r}")
         entries = planned_entries(staging, manifest.files)
-        pending = self.store.begin_folder(self._backup_prefix(source, backup_id))
+        pending = early.pending if early else self.store.begin_folder(self._backup_prefix(source, backup_id))
         try:
-            stored = concurrently(entries, lambda entry: self._store_entry(pending, staging, entry),
-                                  self.store.transfers)
+            stored = concurrently(
+                entries, lambda e: (early and early.entry_for(e)) or self._store_entry(pending, staging, e),
+                self.store.transfers,
+            )
             encryption = Encryption(recipients=self.recipients) if self.recipients else None
             document = manifest.model_copy(
                 update={"files": sorted(stored, key=lambda e: e.path), "encryption": encryption}
@@ -298,6 +346,23 @@ class BackupRepository:
             raise
         shutil.rmtree(staging, ignore_errors=True)
         return url
+
+    def upload_early(self, source: str, backup_id: str) -> EarlyUpload:
+        """Hash and store what is staged now, before the checks end: invisible until publish writes manifest.json
+        into the same folder. The caller discards it when the backup is not published."""
+        early = EarlyUpload(self.store.begin_folder(self._backup_prefix(source, backup_id)))
+        staging = self.staging_dir(source, backup_id)
+        paths = [rel for rel in staged_files(staging) if rel != MANIFEST_NAME]
+        early.stats = {rel: stat for rel in paths if (stat := _stat_of(staging / rel))}
+        try:
+            entries = concurrently(paths, lambda rel: _hashed_entry(staging, rel), self.store.transfers)
+            stored = concurrently(entries, lambda entry: self._store_entry(early.pending, staging, entry),
+                                  self.store.transfers)
+        except BaseException:
+            early.discard()
+            raise
+        early.stored = {entry.path: entry for entry in stored}
+        return early
 
     def _store_entry(self, pending: PendingFolder, staging: Path, entry: FileEntry) -> FileEntry:
         """Store one staged file (its age encryption when recipients are set); returns its manifest entry."""
@@ -316,10 +381,7 @@ class BackupRepository:
             pending.put_file(stored_path, sealed, digest)
         finally:
             sealed.unlink(missing_ok=True)
-        return replace(
-            entry, size=digest.size, sha256=digest.sha256, encrypted="age", stored_path=stored_path,
-            plain_size=entry.size, plain_sha256=entry.sha256,
-        )
+        return _sealed(entry, digest)
 
     # --- latest --------------------------------------------------------------------------------------
     def write_latest(self, source: str, backup_id: str, info: dict[str, Any]) -> None:
