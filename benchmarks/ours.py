@@ -26,6 +26,7 @@ from pg_backup_dagster.defs.assets import asset_key
 from pg_backup_dagster.defs.partitions import backups_partitions_def
 from pg_backup_dagster.pg.sql import quote_ident
 from pg_backup_dagster.pg.tools import PgTools
+from pg_backup_dagster.restore.run import RestoreRequest, restore_backup
 from pg_backup_dagster.tiers.catalog import fetch_table_catalog
 from pg_backup_dagster.tiers.live_split import split_archive
 from pg_backup_dagster.verify.check_server import choose_check_server
@@ -164,3 +165,13 @@ def restore_check(tools: PgTools, archive: Path, expected: list[dict], restore_u
         "pg_restore_seconds": round(report.seconds, 3),
         "tables_checked": len(report.tables),
     }
+
+
+def restore_published(source: SourceConfig, target_dsn: str) -> dict:
+    """`pg-backup-dagster restore latest --create-db` of the source's latest backup, as the CLI runs it: open
+    the target, read the manifest, fetch and verify the full archive (in place on a local folder), pg_restore -j."""
+    request = RestoreRequest(backup_id="latest", target_dsn=target_dsn, full=True, create_db=True,
+                             jobs=source.restore_jobs)
+    with measured() as sample:
+        result = restore_backup(source, request)
+    return {**sample.as_dict(), "steps": result.steps}

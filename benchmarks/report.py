@@ -41,12 +41,29 @@ def ratios(results: dict) -> list[Ratio]:
         rows.append(
             _row(f"all tiers, checks off / bare pg_dump -Fc ({n} tables)", meas["job_checks_off"]["seconds"], dump, 1.5)
         )
+        bare_both = dump + meas["bare_pg_restore"]["seconds"]
         rows.append(
             _row(
-                f"all tiers + checks + publish / bare pg_dump -Fc ({n} tables)",
+                f"CLI backup with checks / (bare pg_dump -Fc + bare pg_restore -j2) ({n} tables)",
                 meas["job_checks_on"]["seconds"],
-                dump,
-                None,
+                bare_both,
+                1.5 if n == n_small else 2.0,
+            )
+        )
+        rows.append(
+            _row(
+                f"CLI backup with checks, S3 at 20 ms / local folder ({n} tables)",
+                meas["job_checks_on_s3"]["seconds"],
+                meas["job_checks_on"]["seconds"],
+                1.3 if n == n_small else 1.5,
+            )
+        )
+        rows.append(
+            _row(
+                f"restore latest, S3 at 20 ms / local folder ({n} tables)",
+                meas["restore_s3"]["seconds"],
+                meas["restore_local"]["seconds"],
+                1.3,
             )
         )
         restore = meas["bare_pg_restore"]["seconds"]

@@ -23,6 +23,7 @@ import psycopg
 from benchmarks import baselines, ours
 from benchmarks.dataset import DatasetSpec, create_dataset, schema_name, table_name
 from benchmarks.report import draw_plot, format_table, ratios, write_json
+from benchmarks.s3_distance import distant_s3
 from pg_backup_dagster.defs.run import open_instance
 from pg_backup_dagster.pg.local_server import ephemeral_server
 from pg_backup_dagster.pg.tools import PgTools, find_tools
@@ -136,13 +137,8 @@ def measure_dataset(
     results: dict = {}
     for name, runs in rounds.items():
         results[name] = {**min(runs, key=lambda r: r["seconds"]), "rounds_seconds": [r["seconds"] for r in runs]}
-    run = ours.run_job(source, dsn, instance, checks=True)
+    results.update(at_a_distance(spec, source, dsn, instance, work, restore_server))
     shutil.rmtree(work / "target", ignore_errors=True)
-    results["job_checks_on"] = run.as_dict()
-    log(
-        f"  backup job with checks: {run.sample.seconds:.1f}s, peak memory {run.sample.peak_pss_mb:.0f} MB PSS, "
-        f"success={run.success} {'; '.join(run.errors)}"
-    )
     if with_baselines:
         tables = [(s, table_name(j)) for s in schemas for j in range(spec.tables_per_schema)]
         results["per_object"] = baselines.per_object_dump(tools, dsn, schemas, tables, work / "per_object").as_dict()
@@ -158,6 +154,30 @@ def measure_dataset(
         conn.execute(f"DROP DATABASE {spec.name} WITH (FORCE)")
     shutil.rmtree(work)
     return info, results
+
+
+def at_a_distance(spec: DatasetSpec, source, dsn: str, instance: dg.DagsterInstance, work: Path,
+                  restore_server) -> dict:
+    """The CLI's backup with its checks, to a local folder and to S3 at 20 ms per request (moto behind the latency
+    proxy), then `restore latest` of each into a fresh database on the restore server: run once each."""
+    results: dict = {}
+    with distant_s3(work) as s3:
+        s3_source = ours.bench_source(s3.target(spec.name))
+        for name, target_source in (("job_checks_on", source), ("job_checks_on_s3", s3_source)):
+            before = s3.requests
+            run = ours.run_job(target_source, dsn, instance, checks=True)
+            results[name] = {**run.as_dict(), "s3_requests": s3.requests - before}
+            log(f"  {name}: {run.sample.seconds:.1f}s, peak memory {run.sample.peak_pss_mb:.0f} MB PSS, "
+                f"{s3.requests - before} S3 requests, success={run.success} {'; '.join(run.errors)}")
+        for name, target_source in (("restore_local", source), ("restore_s3", s3_source)):
+            before = s3.requests
+            database = f"{spec.name}_{name}"
+            results[name] = {**ours.restore_published(target_source, restore_server.dsn(database)),
+                             "s3_requests": s3.requests - before}
+            with psycopg.connect(restore_server.dsn(), autocommit=True) as conn:
+                conn.execute(f"DROP DATABASE {database}")
+            log(f"  {name}: {results[name]['seconds']:.1f}s")
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:

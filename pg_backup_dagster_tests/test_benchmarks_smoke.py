@@ -19,6 +19,9 @@ PER_DATASET = (
     "schema_dumps_alone",
     "job_checks_off",
     "job_checks_on",
+    "job_checks_on_s3",
+    "restore_local",
+    "restore_s3",
 )
 MAIN_ONLY = ("per_object", "compression")
 
@@ -54,8 +57,11 @@ def test_json_holds_every_measurement(quick_run):
         assert set(expected) <= set(measurements), name
         for key in PER_DATASET:
             assert measurements[key]["seconds"] > 0, (name, key)
-        assert measurements["job_checks_on"]["success"], measurements["job_checks_on"]["errors"]
-        assert all(measurements["job_checks_on"]["checks"].values())
+        for job in ("job_checks_on", "job_checks_on_s3"):
+            assert measurements[job]["success"], measurements[job]["errors"]
+            assert all(measurements[job]["checks"].values())
+        assert measurements["job_checks_on_s3"]["s3_requests"] > measurements["job_checks_on"]["s3_requests"] == 0
+        assert measurements["restore_s3"]["s3_requests"] > 0
         assert measurements["job_checks_off"]["success"] and not measurements["job_checks_off"]["checks"]
         assert measurements["restore_check_ephemeral"]["passed"] and measurements["restore_check_server"]["passed"]
         assert measurements["split"]["tables"] == results["datasets"][name]["tables"]
@@ -63,7 +69,7 @@ def test_json_holds_every_measurement(quick_run):
     gzip = results["measurements"]["main"]["compression"]["gzip"]
     assert gzip["supported"] and gzip["bytes"] > 0
     targets = [r for r in results["ratios"] if r["met"] is not None]
-    assert len(targets) >= 9 and all(r["ratio"] > 0 for r in targets)
+    assert len(targets) >= 15 and all(r["ratio"] > 0 for r in targets)
 
 
 def test_scaling_plot_is_a_png(quick_run):

@@ -37,6 +37,7 @@ from pg_backup_dagster.restore.target import (
     replace_database,
 )
 from pg_backup_dagster.storage import BackupRepository, open_source_storage
+from pg_backup_dagster.storage.base import concurrently
 from pg_backup_dagster.tiers.table_split import TableDump
 from pg_backup_dagster.verify.test_restore import restored_counts
 
@@ -288,12 +289,9 @@ def _restore_tables(
         in_target=in_target, populated=populated_schemas(request.target_dsn, list(all_objects)),
     )
     objects = plan.schema_objects
-    for dump in plan.tables:
-        for rel in dump.files.values():
-            backup.fetch(rel, work)
-    for rel in [*objects.values(), plan.global_objects, plan.late_objects]:
-        if rel:
-            backup.fetch(rel, work)
+    wanted = [rel for dump in plan.tables for rel in dump.files.values()]
+    wanted += [rel for rel in [*objects.values(), plan.global_objects, plan.late_objects] if rel]
+    concurrently(wanted, lambda rel: backup.fetch(rel, work), backup.storage.store.transfers)
     restore_tables(
         work, plan.tables, request.target_dsn, psql=tools.path("psql"), schema_objects=objects, server_major=major,
         global_objects=plan.global_objects, late_objects=plan.late_objects,
