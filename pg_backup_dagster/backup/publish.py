@@ -97,7 +97,7 @@ class Published:
             checks += f"\n- manifest signed ({m.signature.algorithm}, key {m.signature.key_id})"
         return (
             f"**Backup {m.backup_id}** of `{m.source}` → {self.location}\n\n"
-            f"{len(m.files)} files, {len(m.tables)} tables, PostgreSQL {m.server_major}, "
+            f"{len(m.files)} files, {m.tables_text()}, PostgreSQL {m.server_major}, "
             f"pg_dump {m.pg_dump_version}, {self.duration_s():.0f} s from start to publish\n\n"
             f"| tier | size |\n|---|---|\n{rows}\n\n{checks}\n"
         )

@@ -23,7 +23,10 @@ def verify(
 
     chosen, _ = selected_source(source)
     report = verify_backup(chosen, backup_id, full_restore=full_restore, restore_url=chosen.restore_url())
-    typer.echo(f"backup {report.backup_id}: {report.files} files match the manifest, {report.archives} archives read")
+    if report.problems:
+        typer.echo(f"backup {report.backup_id}: FAILED, {len(report.problems)} problem(s):", err=True)
+    else:
+        typer.echo(f"backup {report.backup_id}: {report.files} files match the manifest, {report.archives} archives read")
     for problem in report.problems:
         typer.echo(f"BAD {problem}", err=True)
     if report.restore is not None:
@@ -37,6 +40,8 @@ def verify(
                 f"  {row['schema']}.{row['table']}: expected {row['expected']} rows, restored {row['restored']}",
                 err=True,
             )
+    if report.note:
+        typer.echo(f"note: {report.note}", err=True)
     if not report.passed:
         raise typer.Exit(1)
 

@@ -66,7 +66,8 @@ def build_backup_assets(source: SourceConfig, partitions: dg.DynamicPartitionsDe
             yield dg.MaterializeResult(asset_key=asset_key(source, SCHEMA.asset), metadata=schema_meta)
         if tables is not None:
             step.staging.save(tables)
-            yield dg.MaterializeResult(asset_key=asset_key(source, TABLE.asset), metadata=table_tier_metadata(tables))
+            yield dg.MaterializeResult(asset_key=asset_key(source, TABLE.asset),
+                                       metadata=table_tier_metadata(tables, result))
 
     chosen = {ROLES.name: roles_sql, FULL.name: dumps}
     tier_keys = [asset_key(source, tier.asset) for tier in tiers_of(source.tiers)]

@@ -10,6 +10,7 @@ manifest, and when, how, with what result) goes into a small marker beside the m
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -372,8 +373,12 @@ class BackupRepository:
             problems=problems,
         )
         if record:
-            self.store.put_bytes(self._backup_prefix(source, backup_id) + VERIFY_NAME, result.to_bytes())
+            self.record_recheck(source, backup_id, result)
         return result
+
+    def record_recheck(self, source: str, backup_id: str, result: Recheck) -> None:
+        """Leave a re-check's result in the backup's verify.json marker (the manifest is never edited)."""
+        self.store.put_bytes(self._backup_prefix(source, backup_id) + VERIFY_NAME, result.to_bytes())
 
     def read_recheck(self, source: str, backup_id: str) -> Recheck | None:
         """The backup's last recorded re-check, or None if it was never re-checked; BackupError if unreadable."""
@@ -501,6 +506,9 @@ class BackupRepository:
                 if not dry_run:
                     remove_path(child)
                 removed.append(str(child))
+        if not dry_run and not root.is_symlink():
+            with contextlib.suppress(OSError):  # not empty: a run is staging there (or a leftover stays for later)
+                root.rmdir()  # an empty staging folder is no leftover to show in the target
         return removed
 
 
