@@ -32,9 +32,14 @@ class BackupOutcome:
     errors: list[str] = field(default_factory=list)
 
 
+def instance_home() -> Path:
+    """DAGSTER_HOME, or the CLI's own default (a temp home would lose the run history)."""
+    return Path(setting(DAGSTER_HOME_ENV) or Path.home() / ".pg_backup_dagster" / "dagster_home")
+
+
 def open_instance(dagster_home: Path | None = None) -> dg.DagsterInstance:
     """The instance in DAGSTER_HOME (created if missing), so runs show up in the UI afterwards."""
-    home = dagster_home or Path(setting(DAGSTER_HOME_ENV) or Path.home() / ".pg_backup_dagster" / "dagster_home")
+    home = dagster_home or instance_home()
     ensure_instance_config(home)
     os.environ[DAGSTER_HOME_ENV] = str(home.resolve())  # dg.DagsterInstance.get() reads it
     return dg.DagsterInstance.get()
