@@ -42,6 +42,13 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def progress(message: str) -> None:
+    """Live progress of long work, for a person at a terminal; silent when stderr is a file or a pipe, so scripts
+    and monitoring read only the result and, on failure, the one error line."""
+    if sys.stderr.isatty():
+        typer.echo(message, err=True)
+
+
 def clean_errors(func: Callable) -> Callable:
     """Every known failure ends as one redacted line on stderr and a non-zero exit."""
 
