@@ -15,8 +15,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
+from pg_backup_dagster.config import SourceConfig
+from pg_backup_dagster.defs.run import run_backup
 from pg_backup_dagster_tests.helpers import create_database, table_fingerprints
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,6 +49,7 @@ class Demo:
 
     directory: Path
     output: str
+    errors: str
     backup_id: str
 
     @property
@@ -71,7 +75,7 @@ def demo() -> Iterator[Demo]:
         assert result.returncode == 0, result.stdout + result.stderr
         match = re.search(r"^backup (\S+) of source 'demo': OK", result.stdout, flags=re.M)
         assert match, result.stdout
-        yield Demo(directory, result.stdout, match.group(1))
+        yield Demo(directory, result.stdout, result.stderr, match.group(1))
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
@@ -89,6 +93,24 @@ def test_the_demo_hints_work_as_printed(demo, pg18, sample_dsn):
     listed = shell("pg-backup-dagster list", **demo.env).stdout
     assert demo.backup_id in listed and "by verify" in listed, listed
     assert not (demo.directory / "backups" / "demo" / ".staging").exists(), "an empty .staging was left behind"
+
+
+def test_progress_is_live_on_a_terminal_and_silent_in_a_pipe(demo, sample_dsn, pg18, tmp_path, monkeypatch):
+    assert demo.errors == "", "the demo's stderr is a pipe here: no progress lines"
+    monkeypatch.setenv("PGBD_TEST_PROGRESS_DSN", sample_dsn)
+    monkeypatch.setenv("PGBD_TEST_PROGRESS_RESTORE_URL", pg18.dsn())
+    source = SourceConfig(name="progress", dsn_env="PGBD_TEST_PROGRESS_DSN", target=str(tmp_path / "target"),
+                          restore_url_env="PGBD_TEST_PROGRESS_RESTORE_URL")
+    lines: list[str] = []
+    with dg.instance_for_test() as instance:
+        outcome = run_backup(source, [source], instance, on_progress=lines.append)
+        steps = {event.step_key for event in instance.all_logs(outcome.run_id) if event.step_key}
+    assert outcome.success, outcome.errors
+    assert sorted(line.split()[0] for line in lines if line.endswith(" started")) == sorted(steps)
+    assert {line.split()[0] for line in lines if " done (" in line} == steps
+    # each step's end comes after its start: the lines arrive as the run goes, not as a summary
+    assert all(lines.index(f"  {step} started") < next(i for i, line in enumerate(lines)
+                                                       if line.startswith(f"  {step} done")) for step in steps)
 
 
 def test_every_output_counts_the_tables_alike(demo, sample_dsn):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -42,11 +43,14 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def progress(message: str) -> None:
-    """Live progress of long work, for a person at a terminal; silent when stderr is a file or a pipe, so scripts
-    and monitoring read only the result and, on failure, the one error line."""
-    if sys.stderr.isatty():
-        typer.echo(message, err=True)
+def progress_printer() -> Callable[[str], None]:
+    """Where live progress of long work goes: the terminal, for a person watching; nowhere when stderr is a file
+    or a pipe, so scripts and monitoring read only the result and, on failure, the one error line. It writes to
+    a copy of the terminal's descriptor, since Dagster captures the steps' own stderr into its compute logs."""
+    if not sys.stderr.isatty():
+        return lambda _message: None
+    terminal = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)
+    return lambda message: print(message, file=terminal)
 
 
 def clean_errors(func: Callable) -> Callable:

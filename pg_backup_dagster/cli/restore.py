@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from pg_backup_dagster.cli.app import SourceOption, app, clean_errors, fail, progress, selected_source
+from pg_backup_dagster.cli.app import SourceOption, app, clean_errors, fail, progress_printer, selected_source
 
 
 @app.command()
@@ -118,7 +118,7 @@ def restore(
         old_database=old_database,
         terminate_sessions=terminate_sessions,
     )
-    result = restore_backup(chosen, request, log=progress)
+    result = restore_backup(chosen, request, log=progress_printer())
     typer.echo(f"restored backup {result.backup_id} of '{result.source}' into {result.target} in {result.seconds:.1f}s")
     for step in result.steps:
         typer.echo(f"  {step}")

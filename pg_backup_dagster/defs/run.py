@@ -6,6 +6,9 @@ Used by `pg-backup-dagster backup` and `demo`; the UI and schedules launch the s
 from __future__ import annotations
 
 import os
+import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,22 +48,55 @@ def open_instance(dagster_home: Path | None = None) -> dg.DagsterInstance:
     return dg.DagsterInstance.get()
 
 
+def step_progress() -> Callable[[dg.EventLogEntry], str | None]:
+    """A reader of a run's events that turns step starts and ends into one line each (`None` for the others)."""
+    started: dict[str, float] = {}
+
+    def line(entry: dg.EventLogEntry) -> str | None:
+        event, step = entry.dagster_event, entry.step_key
+        if event is None or step is None:
+            return None
+        if event.is_step_start:
+            started[step] = time.monotonic()
+            return f"  {step} started"
+        if event.is_step_success or event.is_step_failure or event.is_step_skipped:
+            verdict = "done" if event.is_step_success else "FAILED" if event.is_step_failure else "skipped"
+            took = time.monotonic() - started.get(step, time.monotonic())
+            return f"  {step} {verdict}" + (f" ({took:.1f} s)" if step in started else "")
+        return None
+
+    return line
+
+
 def run_backup(
     source: SourceConfig,
     sources: list[SourceConfig],
     instance: dg.DagsterInstance,
     backup_id: str | None = None,
     log_level: str = "WARNING",
+    on_progress: Callable[[str], None] | None = None,
 ) -> BackupOutcome:
-    """Add the partition and execute `backup_{source}` for it in this process (one connection budget)."""
+    """Add the partition and execute `backup_{source}` for it in this process (one connection budget).
+
+    on_progress gets a line as each step starts and ends, while the run goes on (the CLI shows them on a terminal).
+    """
     backup_id = validate_backup_id(backup_id) if backup_id else new_backup_id()
     defs = build_definitions(sources)
     instance.add_dynamic_partitions(source.partitions_name, [backup_id])
     reclaim_abandoned_runs(instance, source.name)
     job = defs.resolve_job_def(backup_job_name(source))
+    run_id = str(uuid.uuid4())
+    if on_progress is not None:
+        progress = step_progress()
+
+        def listener(entry: dg.EventLogEntry) -> None:
+            if (text := progress(entry)) is not None:
+                on_progress(text)
+
+        instance.add_event_listener(run_id, listener)
     result = job.execute_in_process(
         run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
-        partition_key=backup_id, instance=instance, raise_on_error=False,
+        partition_key=backup_id, instance=instance, raise_on_error=False, run_id=run_id,
         tags={SOURCE_TAG: source.name, TRIGGER_TAG: "cli", **process_tags()},
     )
     outcome = BackupOutcome(source.name, backup_id, result.run_id, result.success)

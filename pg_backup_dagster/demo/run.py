@@ -10,6 +10,7 @@ import psycopg
 import typer
 import yaml
 
+from pg_backup_dagster.cli.app import progress_printer
 from pg_backup_dagster.cli.report import print_outcome
 from pg_backup_dagster.config import load_config_file
 from pg_backup_dagster.defs.run import open_instance, run_backup
@@ -55,7 +56,7 @@ def run_demo(directory: Path) -> int:
         config = write_config(directory, server)
         sources = load_config_file(config)
         instance = open_instance(directory / "dagster_home")
-        outcome = run_backup(sources[0], sources, instance)
+        outcome = run_backup(sources[0], sources, instance, on_progress=progress_printer())
         print_outcome(outcome, sources[0])
     finally:
         server.stop()
