@@ -17,7 +17,10 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from typer.main import get_command
 
+from pg_backup_dagster.cli import app
+from pg_backup_dagster.cli.app import COMMANDS_HELP
 from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.defs.run import run_backup
 from pg_backup_dagster_tests.helpers import create_database, table_fingerprints
@@ -208,3 +211,13 @@ def test_status_tells_monitoring_the_truth(demo, tmp_path):
     (tmp_path / "empty").mkdir()
     empty = shell("pg-backup-dagster status", **{**env, "PG_BACKUP_TARGET": str(tmp_path / "empty")})
     assert empty.returncode == 1 and "NO BACKUP" in empty.stdout.splitlines()[0]
+
+
+def test_help_and_readme_name_every_command():
+    names = set(get_command(app).commands)
+    listed = re.search(r"through Dagster: (.*)\.$", COMMANDS_HELP).group(1).split(", ")
+    assert sorted(listed) == sorted(names)
+    help_text = shell("pg-backup-dagster --help").stdout
+    assert all(re.search(rf"^  {name}\s", help_text, flags=re.M) for name in names), help_text
+    readme = (REPO / "README.md").read_text()
+    assert [name for name in names if f"pg-backup-dagster {name}" not in readme] == []

@@ -15,9 +15,13 @@ from pg_backup_dagster import __version__
 from pg_backup_dagster.config import SourceConfig, find_source, load_sources
 from pg_backup_dagster.errors import BackupError, one_line, redact
 
+# Every command, in the order a newcomer meets them (a test checks it against the registered commands and README).
+COMMANDS_HELP = ("PostgreSQL backups through Dagster: demo, backup, list, status, verify, restore, retention, gc, "
+                 "pools, tools.")
+
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, rich_markup_mode=None,  # plain help: flags show no type, text wraps
-    help="PostgreSQL backups through Dagster: demo, backup, list, verify, restore, retention, gc, pools.",
+    help=COMMANDS_HELP,
 )
 
 
@@ -33,7 +37,7 @@ def _options(
         bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
-    """PostgreSQL backups through Dagster: demo, backup, list, verify, restore, retention, gc, pools."""
+    """PostgreSQL backups through Dagster."""
 
 SourceOption = Annotated[str | None, typer.Option("--source", "-s", help="Source name (default: the only one).")]
 
