@@ -17,6 +17,9 @@ HOST_TAG = "pg_backup/host"
 PID_TAG = "pg_backup/pid"
 MAX_RUNTIME_TAG = "dagster/max_runtime"  # seconds; the daemon's run monitoring fails runs that exceed it
 
+# Step log lines starting with this are progress a person may want live (the CLI shows them on a terminal)
+PROGRESS_PREFIX = "progress: "
+
 # Asset names (each under the source's key prefix)
 ROLES_ASSET = "roles_sql"
 FULL_ASSET = "full_dump"

@@ -111,6 +111,9 @@ def test_progress_is_live_on_a_terminal_and_silent_in_a_pipe(demo, sample_dsn, p
     assert outcome.success, outcome.errors
     assert sorted(line.split()[0] for line in lines if line.endswith(" started")) == sorted(steps)
     assert {line.split()[0] for line in lines if " done (" in line} == steps
+    stored = [re.fullmatch(r"  \S+backup_manifest stored (\d+)/(\d+) files", line) for line in lines]
+    done = [(int(m.group(1)), int(m.group(2))) for m in stored if m]
+    assert done and done[-1][0] == done[-1][1] and len(done) <= 11, lines  # every tenth of the files, then all
     # each step's end comes after its start: the lines arrive as the run goes, not as a summary
     assert all(lines.index(f"  {step} started") < next(i for i, line in enumerate(lines)
                                                        if line.startswith(f"  {step} done")) for step in steps)

@@ -16,7 +16,7 @@ import dagster as dg
 
 from pg_backup_dagster.backup.backup_id import new_backup_id, validate_backup_id
 from pg_backup_dagster.config import DAGSTER_HOME_ENV, SourceConfig, setting
-from pg_backup_dagster.constants import SOURCE_TAG, TRIGGER_TAG, backup_job_name
+from pg_backup_dagster.constants import PROGRESS_PREFIX, SOURCE_TAG, TRIGGER_TAG, backup_job_name
 from pg_backup_dagster.definitions import build_definitions
 from pg_backup_dagster.defs.instance import ensure_instance_config, process_tags, reclaim_abandoned_runs
 from pg_backup_dagster.errors import one_line, redact
@@ -54,8 +54,11 @@ def step_progress() -> Callable[[dg.EventLogEntry], str | None]:
 
     def line(entry: dg.EventLogEntry) -> str | None:
         event, step = entry.dagster_event, entry.step_key
-        if event is None or step is None:
+        if step is None:
             return None
+        if event is None:  # a step's own log line: shown when it says it is progress
+            message = entry.user_message
+            return f"  {step} {message[len(PROGRESS_PREFIX):]}" if message.startswith(PROGRESS_PREFIX) else None
         if event.is_step_start:
             started[step] = time.monotonic()
             return f"  {step} started"

@@ -16,6 +16,7 @@ import logging
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -267,8 +268,11 @@ class BackupRepository:
             )
 
     # --- publish -------------------------------------------------------------------------------------
-    def publish(self, source: str, backup_id: str, manifest: Manifest) -> str:
+    def publish(
+        self, source: str, backup_id: str, manifest: Manifest, on_stored: Callable[[int, int], None] | None = None
+    ) -> str:
         """Store the staged files, verify them, then write manifest.json; returns the backup's URL.
+        on_stored(done, total) follows each stored file (uploads to S3 can take a while).
 
         Files keep the hash taken when they were staged (the manifest's): storage checks against it rather
         than reading them again. Encrypted files are hashed once more, as what is stored is new bytes.
@@ -284,7 +288,11 @@ class BackupRepository:
         entries = planned_entries(staging, manifest.files)
         pending = self.store.begin_folder(self._backup_prefix(source, backup_id))
         try:
-            stored = [self._store_entry(pending, staging, entry) for entry in entries]
+            stored = []
+            for entry in entries:
+                stored.append(self._store_entry(pending, staging, entry))
+                if on_stored is not None:
+                    on_stored(len(stored), len(entries))
             encryption = Encryption(recipients=self.recipients) if self.recipients else None
             document = manifest.model_copy(
                 update={"files": sorted(stored, key=lambda e: e.path), "encryption": encryption}
