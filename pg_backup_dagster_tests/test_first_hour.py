@@ -159,6 +159,9 @@ def test_restore_mistakes_name_the_next_step(demo, pg18):
     assert "already holds" in line and "--clean" in line, line
     line = error_line(shell(restore.format(url=existing) + " --create-db", PGPASSWORD=pg18.password, **demo.env))
     assert "already exists" in line and "without --create-db" in line, line
+    line = error_line(shell(restore.format(url=existing) + " --table shop.orders", PGPASSWORD=pg18.password,
+                            **demo.env))
+    assert 'already has table(s) "shop"."orders"' in line and "Drop or rename them" in line, line
 
     line = error_line(shell("pg-backup-dagster verify 2020-01-01T00-00-00Z", **demo.env))
     assert "no backup '2020-01-01T00-00-00Z'" in line and "pg-backup-dagster list" in line, line

@@ -293,6 +293,11 @@ def _restore_tables(
     with psycopg.connect(request.target_dsn, autocommit=True) as conn:
         absent_parents = needed_parents - existing_tables(conn, needed_parents)
         in_target = existing_tables(conn, named) if named else set()
+        present = existing_tables(conn, {(t.schema, t.table) for t in chosen})
+    if present:
+        names = ", ".join(quote_ident(*t) for t in sorted(present))
+        raise BackupError(f"the target already has table(s) {names}; nothing was restored. Drop or rename them "
+                          "first (--clean does not apply to tables), or restore into another database")
     if absent_parents:
         names = ", ".join(quote_ident(*p) for p in sorted(absent_parents))
         raise BackupError(f"restore the parent table(s) {names} too (--table), or create them in the target first")
