@@ -22,7 +22,7 @@ from typer.main import get_command
 from pg_backup_dagster.cli import app
 from pg_backup_dagster.cli.app import COMMANDS_HELP
 from pg_backup_dagster.config import SourceConfig
-from pg_backup_dagster.defs.run import run_backup
+from pg_backup_dagster.defs.run import open_instance, run_backup
 from pg_backup_dagster_tests.helpers import create_database, table_fingerprints
 
 REPO = Path(__file__).resolve().parents[1]
@@ -217,6 +217,21 @@ def test_status_tells_monitoring_the_truth(demo, tmp_path):
     (tmp_path / "empty").mkdir()
     empty = shell("pg-backup-dagster status", **{**env, "PG_BACKUP_TARGET": str(tmp_path / "empty")})
     assert empty.returncode == 1 and "NO BACKUP" in empty.stdout.splitlines()[0]
+
+
+def test_status_fails_when_the_newest_backup_run_failed(demo, pg18, tmp_path, monkeypatch):
+    """A failed run publishes nothing, so only the instance knows: status reads it and says FAILED."""
+    shutil.copytree(demo.directory / "backups", tmp_path / "backups", symlinks=True)
+    monkeypatch.setenv("PGBD_TEST_GONE_DSN", pg18.dsn("no_such_database"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    source = SourceConfig(name="demo", dsn_env="PGBD_TEST_GONE_DSN", target=str(tmp_path / "backups"))
+    with open_instance(tmp_path / "home") as instance:
+        assert not run_backup(source, [source], instance).success
+    env = {"PG_BACKUP_TARGET": str(tmp_path / "backups"), "PG_BACKUP_SOURCE": "demo", "PG_BACKUP_SCHEDULE": "off",
+           "DAGSTER_HOME": str(tmp_path / "home")}
+    result = shell("pg-backup-dagster status --max-age 3650d", **env)
+    assert result.returncode == 1
+    assert "FAILED (the newest backup run" in result.stdout.splitlines()[0] and "FAILURE" in result.stdout, result.stdout
 
 
 def test_help_and_readme_name_every_command():

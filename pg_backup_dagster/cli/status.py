@@ -11,7 +11,7 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -20,6 +20,9 @@ from pg_backup_dagster.cli.maintenance import SourcesOption, chosen_sources
 from pg_backup_dagster.config import SourceConfig, cron_ticks
 from pg_backup_dagster.errors import BackupError
 from pg_backup_dagster.files import human_bytes
+
+if TYPE_CHECKING:
+    from pg_backup_dagster.storage import BackupRepository
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -142,7 +145,7 @@ def _last_run(source: SourceConfig, status: SourceStatus, newest_finished: datet
         status.flag("FAILED", f"the newest backup run ({partition}) ended {run.status.value}")
 
 
-def _retention_line(source: SourceConfig, storage) -> str:
+def _retention_line(source: SourceConfig, storage: BackupRepository) -> str:
     from pg_backup_dagster.retention.apply import plan_for_source
 
     if source.retention.is_empty():
