@@ -18,6 +18,9 @@ PID_TAG = "pg_backup/pid"
 IN_PROCESS_TAG = "pg_backup/in_process"  # a run whose steps share one process: later steps' work may start early
 MAX_RUNTIME_TAG = "dagster/max_runtime"  # seconds; the daemon's run monitoring fails runs that exceed it
 
+# Step log lines starting with this are progress a person may want live (the CLI shows them on a terminal)
+PROGRESS_PREFIX = "progress: "
+
 # Asset names (each under the source's key prefix)
 ROLES_ASSET = "roles_sql"
 FULL_ASSET = "full_dump"

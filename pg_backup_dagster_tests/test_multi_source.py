@@ -89,8 +89,8 @@ def test_instance_config_written_for_postgres_without_the_url(pg_instance, tmp_p
     assert "postgres_url:\n      env: DAGSTER_PG_URL" in text and pg18.password not in text
     assert type(pg_instance.run_storage).__name__ == "PostgresRunStorage"
     assert pg_instance.get_concurrency_config().pool_config.default_pool_limit == 1
-    repo_yaml = Path(__file__).resolve().parents[1] / "dagster.yaml"
-    assert repo_yaml.read_text() == BASE_CONFIG, "the repository's dagster.yaml is the template without storage"
+    repo_yaml = Path(__file__).resolve().parents[1] / "docs" / "dagster.yaml"
+    assert repo_yaml.read_text() == BASE_CONFIG, "docs/dagster.yaml is the template without storage"
 
 
 def test_bare_postgresql_url_is_refused_with_the_fix(tmp_path):

@@ -168,6 +168,22 @@ class Manifest(BaseModel):
     def unverified_checks(self) -> list[str]:
         return [name for name, check in self.checks.items() if check.unverified]
 
+    def partitioned_parents(self) -> list[tuple[str, str]]:
+        """Tables of the per-table tier that hold no rows themselves (partitioned parents: `tables` lists the
+        tables that hold rows, the partitions)."""
+        counted = {(t.schema, t.table) for t in self.tables}
+        return sorted({(e.schema or "", e.table or "") for e in self.entries("table")} - counted)
+
+    def tables_text(self) -> str:
+        return tables_phrase(len(self.tables), len(self.partitioned_parents()))
+
+
+def tables_phrase(tables: int, partitioned: int) -> str:
+    """How every output counts tables, so the numbers agree: those holding rows, plus the partitioned parents the
+    per-table tier also has folders for (`14 tables + 1 partitioned parent`)."""
+    text = f"{tables} table{'' if tables == 1 else 's'}"
+    return text + (f" + {partitioned} partitioned parent{'' if partitioned == 1 else 's'}" if partitioned else "")
+
 
 def parse_json_object(data: bytes, what: str) -> dict[str, Any]:
     """A JSON object, or a one-line BackupError naming what was unreadable."""

@@ -7,6 +7,7 @@ check of what it stored.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +19,7 @@ from pg_backup_dagster.backup.signing import check_signature, sign_manifest, sou
 from pg_backup_dagster.backup.staging import Staging
 from pg_backup_dagster.backup.state import DumpsState, TablesState
 from pg_backup_dagster.config import SourceConfig
+from pg_backup_dagster.constants import PROGRESS_PREFIX
 from pg_backup_dagster.errors import BackupError
 from pg_backup_dagster.files import Digest, human_bytes, sha256_file, staged_files
 from pg_backup_dagster.storage import BackupRepository
@@ -99,7 +101,7 @@ class Published:
             checks += f"\n- manifest signed ({m.signature.algorithm}, key {m.signature.key_id})"
         return (
             f"**Backup {m.backup_id}** of `{m.source}` → {self.location}\n\n"
-            f"{len(m.files)} files, {len(m.tables)} tables, PostgreSQL {m.server_major}, "
+            f"{len(m.files)} files, {m.tables_text()}, PostgreSQL {m.server_major}, "
             f"pg_dump {m.pg_dump_version}, {self.duration_s():.0f} s from start to publish\n\n"
             f"| tier | size |\n|---|---|\n{rows}\n\n{checks}\n"
         )
@@ -107,6 +109,19 @@ class Published:
     def duration_s(self) -> float:
         """Backup start (its id) to manifest written: the whole run as the operator waited for it."""
         return max(0.0, (self.manifest.finished_at - self.manifest.started_at).total_seconds())
+
+
+def stored_progress(log: logging.Logger) -> Callable[[int, int], None]:
+    """Log `stored n/N files` at every tenth of the files (not per file: a backup may hold thousands)."""
+    reported = -1
+
+    def report(done: int, total: int) -> None:
+        nonlocal reported
+        if done * 10 // total != reported:
+            reported = done * 10 // total
+            log.info(f"{PROGRESS_PREFIX}stored {done}/{total} files")
+
+    return report
 
 
 def publish_backup(
@@ -132,7 +147,7 @@ def publish_backup(
     signing_key = source_signing_key(source)
     if signing_key is not None:
         manifest = sign_manifest(manifest, signing_key)
-    location = storage.publish(source.name, staging.backup_id, manifest, early)
+    location = storage.publish(source.name, staging.backup_id, manifest, early, on_stored=stored_progress(log))
     if signing_key is not None:
         stored = storage.read_manifest(source.name, staging.backup_id)
         check_signature(stored, signing_key.public_key(), source.name, staging.backup_id)

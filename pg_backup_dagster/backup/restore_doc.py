@@ -8,8 +8,12 @@ stays the source of truth; the index is a convenience for a person with only a s
 
 from __future__ import annotations
 
+import re
+
+from pg_backup_dagster.backup.manifest import tables_phrase
 from pg_backup_dagster.backup.staging import Staging
 from pg_backup_dagster.backup.state import DumpsState, TablesState
+from pg_backup_dagster.errors import BackupError
 from pg_backup_dagster.files import Digest, atomic_write
 from pg_backup_dagster.pg.sql import quote_ident
 from pg_backup_dagster.tiers.table_split import TableDump
@@ -32,6 +36,15 @@ def shown(*names: str) -> str:
     """A qualified name on one line: SQL-quoted, newlines and tabs escaped so the index stays one line per table."""
     text = quote_ident(*names)
     return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+
+
+def tools_major(pg_dump_version: str) -> int:
+    """The major version of the programs that can read the dumps: pg_restore reads archives of its own major and
+    older, never newer ones."""
+    match = re.match(r"\d+", pg_dump_version)
+    if match is None:
+        raise BackupError(f"cannot read a major version from pg_dump version {pg_dump_version!r}")
+    return int(match.group())
 
 
 def _folder(table: TableDump) -> str:
@@ -62,13 +75,19 @@ def render_restore_md(source: str, staging: Staging) -> str:
     example = tables[0] if tables else None
     all_objects = " ".join([*([tier.global_objects] if tier.global_objects else []), *tier.schema_objects.values()]
                            ) if tier else ""
+    major = tools_major(dumps.pg_dump_version)
     lines = [
         f"# Restoring backup {bid} of source `{source}`",
         "",
-        f"These commands need only PostgreSQL's own programs (pg_restore and psql of version {dumps.server_major}",
-        f"or newer; the dumps were written by pg_dump {dumps.pg_dump_version}), bash, awk and sha256sum. Run them in",
-        "this folder with `TARGET` set to a connection URL of the database to restore into (an existing database;",
-        "`createdb` makes one), and give the password through `PGPASSWORD` or `~/.pgpass`, not in the URL:",
+        f"These commands need only PostgreSQL's own programs (pg_restore and psql of version {major} or newer:",
+        f"the dumps were written by pg_dump {dumps.pg_dump_version}), bash, awk and sha256sum. To get them:",
+        "",
+        '    export PATH="$(pg-backup-dagster tools):$PATH"   # where pg_backup_dagster is installed (its bundled ones)',
+        f"    apt-get install postgresql-client-{major}           # Debian/Ubuntu (PostgreSQL's apt repository)",
+        "",
+        f"`pg_restore --version` must then say {major} or newer. Run the commands in this folder with `TARGET` set",
+        "to a connection URL of the database to restore into (an existing database; `createdb` makes one), and",
+        "give the password through `PGPASSWORD` or `~/.pgpass`, not in the URL:",
         "",
         "    export TARGET='postgresql://user@host:5432/dbname'",
         "",
@@ -138,13 +157,18 @@ def render_restore_md(source: str, staging: Staging) -> str:
             '  for f in $LATE; do compat "$f"; done',
             '} | psql -X -q -1 -v ON_ERROR_STOP=1 -o /dev/null -d "$TARGET"',
         )
+    holding_rows = {r.key for r in dumps.row_counts}
+    parents = sum((t.schema, t.table) not in holding_rows for t in tables)
     lines += [
         "## Index of tables",
         "",
-        f"Folder, rows as dumped, and the table {EXCLUDED_NOTE}; parents come before their partitions and children.",
+        f"{tables_phrase(len(tables) - parents, parents)}: folder, rows as dumped (`partitioned` for a partitioned",
+        "table, whose rows are in its partitions), and the table",
+        f"{EXCLUDED_NOTE}; parents come before their partitions and children.",
         "",
         "```text",
-        *(f"{_folder(t)}\t{t.rows}\t{shown(t.schema, t.table)}" for t in tables),
+        *(f"{_folder(t)}\t{t.rows if (t.schema, t.table) in holding_rows else 'partitioned'}\t"
+          f"{shown(t.schema, t.table)}" for t in tables),
         "```",
         "",
     ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -14,9 +15,13 @@ from pg_backup_dagster import __version__
 from pg_backup_dagster.config import SourceConfig, find_source, load_sources
 from pg_backup_dagster.errors import BackupError, one_line, redact
 
+# Every command, in the order a newcomer meets them (a test checks it against the registered commands and README).
+COMMANDS_HELP = ("PostgreSQL backups through Dagster: demo, backup, list, status, verify, restore, retention, gc, "
+                 "pools, tools.")
+
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, rich_markup_mode=None,  # plain help: flags show no type, text wraps
-    help="PostgreSQL backups through Dagster: demo, backup, list, verify, restore, retention, gc, pools.",
+    help=COMMANDS_HELP,
 )
 
 
@@ -32,7 +37,7 @@ def _options(
         bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
-    """PostgreSQL backups through Dagster: demo, backup, list, verify, restore, retention, gc, pools."""
+    """PostgreSQL backups through Dagster."""
 
 SourceOption = Annotated[str | None, typer.Option("--source", "-s", help="Source name (default: the only one).")]
 
@@ -40,6 +45,16 @@ SourceOption = Annotated[str | None, typer.Option("--source", "-s", help="Source
 def fail(message: str, code: int = 2) -> None:
     typer.echo(f"error: {one_line(redact(message))}", err=True)
     raise typer.Exit(code)
+
+
+def progress_printer() -> Callable[[str], None]:
+    """Where live progress of long work goes: the terminal, for a person watching; nowhere when stderr is a file
+    or a pipe, so scripts and monitoring read only the result and, on failure, the one error line. It writes to
+    a copy of the terminal's descriptor, since Dagster captures the steps' own stderr into its compute logs."""
+    if not sys.stderr.isatty():
+        return lambda _message: None
+    terminal = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)
+    return lambda message: print(message, file=terminal)
 
 
 def clean_errors(func: Callable) -> Callable:

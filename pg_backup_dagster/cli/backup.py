@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from pg_backup_dagster.cli.app import SourceOption, app, clean_errors, selected_source
+from pg_backup_dagster.cli.app import SourceOption, app, clean_errors, progress_printer, selected_source
 
 
 @app.command()
@@ -26,7 +26,7 @@ def backup(
         validate_backup_id(backup_id)
     chosen, sources = selected_source(source)
     preflight(chosen)
-    outcome = run_backup(chosen, sources, open_instance(), backup_id)
+    outcome = run_backup(chosen, sources, open_instance(), backup_id, on_progress=progress_printer())
     print_outcome(outcome, chosen)
     if not outcome.success:
         raise typer.Exit(1)

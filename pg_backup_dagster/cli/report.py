@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from pg_backup_dagster.backup.manifest import tables_phrase
 from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.defs.run import BackupOutcome
 from pg_backup_dagster.files import human_bytes
@@ -21,7 +22,8 @@ def print_outcome(outcome: BackupOutcome, source: SourceConfig) -> None:
     for name in ("schema_dumps", "table_dumps", "roles_sql"):
         meta = outcome.materialized.get(name)
         if meta:
-            typer.echo(f"  {name:<14} {human_bytes(meta.get('size_bytes', 0))}  {meta.get('duration_s')} s")
+            tables = f"{tables_phrase(meta['tables'], meta.get('partitioned_parents', 0))}, " if "tables" in meta else ""
+            typer.echo(f"  {name:<14} {human_bytes(meta.get('size_bytes', 0))}  {tables}{meta.get('duration_s')} s")
     for check, (passed, description) in sorted(outcome.checks.items()):
         status = "passed" if passed else "UNVERIFIED" if check in outcome.unverified else "FAILED"
         typer.echo(f"  check {check:<22} {status}: {description}")
@@ -39,7 +41,7 @@ def print_backup_list(source: SourceConfig) -> None:
     from pg_backup_dagster.backup.backup_id import future_problem, parse_backup_id
     from pg_backup_dagster.errors import BackupError
 
-    storage = open_source_storage(source)
+    storage = open_source_storage(source, create=False)
     ids = storage.list_backups(source.name)
     latest = (storage.read_latest(source.name) or {}).get("backup_id")
     if not ids:
@@ -62,5 +64,5 @@ def print_backup_list(source: SourceConfig) -> None:
         except BackupError:
             future = None
         flag = f"  (id {future}: ignored by retention)" if future else ""
-        typer.echo(f"{backup_id}  {human_bytes(manifest.total_size):>10}  {len(manifest.tables):>5} tables  "
+        typer.echo(f"{backup_id}  {human_bytes(manifest.total_size):>10}  {manifest.tables_text()}  "
                    f"checks {checks}  {verified}{mark}{flag}")

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from pg_backup_dagster.cli.app import SourceOption, app, clean_errors, fail, selected_source
+from pg_backup_dagster.cli.app import SourceOption, app, clean_errors, fail, progress_printer, selected_source
 
 
 @app.command()
@@ -23,7 +23,10 @@ def verify(
 
     chosen, _ = selected_source(source)
     report = verify_backup(chosen, backup_id, full_restore=full_restore, restore_url=chosen.restore_url())
-    typer.echo(f"backup {report.backup_id}: {report.files} files match the manifest, {report.archives} archives read")
+    if report.problems:
+        typer.echo(f"backup {report.backup_id}: FAILED, {len(report.problems)} problem(s):", err=True)
+    else:
+        typer.echo(f"backup {report.backup_id}: {report.files} files match the manifest, {report.archives} archives read")
     for problem in report.problems:
         typer.echo(f"BAD {problem}", err=True)
     if report.restore is not None:
@@ -38,6 +41,8 @@ def verify(
                 f"  {row['schema']}.{row['table']}: expected {row['expected']} rows, restored {row['restored']}",
                 err=True,
             )
+    if report.note:
+        typer.echo(f"note: {report.note}", err=True)
     if not report.passed:
         raise typer.Exit(1)
 
@@ -114,7 +119,7 @@ def restore(
         old_database=old_database,
         terminate_sessions=terminate_sessions,
     )
-    result = restore_backup(chosen, request, log=lambda msg: typer.echo(msg, err=True))
+    result = restore_backup(chosen, request, log=progress_printer())
     typer.echo(f"restored backup {result.backup_id} of '{result.source}' into {result.target} in {result.seconds:.1f}s")
     for step in result.steps:
         typer.echo(f"  {step}")

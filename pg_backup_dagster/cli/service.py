@@ -1,4 +1,5 @@
-"""Commands for running as a service: `pools` sets each source's connection-safe pool limit on the instance."""
+"""Commands about the installation: `pools` sets each source's connection-safe pool limit on the instance, `tools`
+says where the PostgreSQL programs it runs are (so RESTORE.md's commands can use the same ones)."""
 
 from __future__ import annotations
 
@@ -23,3 +24,13 @@ def pools() -> None:
             f"pool {source.pool}: {limits[source.pool]} step at a time "
             f"(each step may hold up to {source.max_connections} connections)"
         )
+
+
+@app.command()
+@clean_errors
+def tools() -> None:
+    """Print the directory of the PostgreSQL programs this tool runs (bundled 18 unless PG_BACKUP_PG_BIN):
+    export PATH="$(pg-backup-dagster tools):$PATH" lets RESTORE.md's commands use them."""
+    from pg_backup_dagster.pg.tools import find_tools
+
+    typer.echo(str(find_tools().bin_dir))

@@ -71,7 +71,8 @@ def build_backup_assets(source: SourceConfig, partitions: dg.DynamicPartitionsDe
             yield dg.MaterializeResult(asset_key=asset_key(source, SCHEMA.asset), metadata=schema_meta)
         if tables is not None:
             step.staging.save(tables)
-            yield dg.MaterializeResult(asset_key=asset_key(source, TABLE.asset), metadata=table_tier_metadata(tables))
+            yield dg.MaterializeResult(asset_key=asset_key(source, TABLE.asset),
+                                       metadata=table_tier_metadata(tables, result))
         if in_process.shares_process(context):  # store the tier files while the checks run (defs/in_process.py)
             in_process.start(context.run.run_id, EARLY_UPLOAD,
                              partial(step.storage.upload_early, source.name, step.backup_id))

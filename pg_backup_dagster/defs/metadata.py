@@ -68,9 +68,13 @@ def dump_metadata(result: DumpsState) -> tuple[dict, dict]:
     return full_meta, schema_meta
 
 
-def table_tier_metadata(tier: TablesState) -> dict:
+def table_tier_metadata(tier: TablesState, dumps: DumpsState) -> dict:
+    """Tables counted as everywhere else: those holding rows, and the partitioned parents apart."""
+    holding_rows = {r.key for r in dumps.row_counts}
+    parents = sum((t.schema, t.table) not in holding_rows for t in tier.tables)
     return {
-        "tables": len(tier.tables),
+        "tables": len(tier.tables) - parents,
+        "partitioned_parents": parents,
         "files": tier.files,
         "size_bytes": tier.size,
         "rows": sum(t.rows for t in tier.tables),
@@ -92,6 +96,7 @@ def published_metadata(published: Published) -> dict:
         "files_stored_early": published.stored_early,
         "schemas": len(manifest.entries("schema")),
         "tables": len(manifest.tables),
+        "partitioned_parents": len(manifest.partitioned_parents()),
         "total_bytes": total,
         **{f"bytes_{tier}": size for tier, size in totals.items()},
         "duration_s": round(seconds, 1),

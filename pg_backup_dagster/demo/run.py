@@ -10,6 +10,7 @@ import psycopg
 import typer
 import yaml
 
+from pg_backup_dagster.cli.app import progress_printer
 from pg_backup_dagster.cli.report import print_outcome
 from pg_backup_dagster.config import load_config_file
 from pg_backup_dagster.defs.run import open_instance, run_backup
@@ -36,7 +37,7 @@ def load_sample(server: LocalPostgres) -> None:
 
 
 def write_config(directory: Path, server: LocalPostgres) -> Path:
-    """A config the UI can load too: `PG_BACKUP_CONFIG={dir}/config.yaml dagster dev -w workspace.yaml`."""
+    """A config the UI can load too: `PG_BACKUP_CONFIG={dir}/config.yaml dg dev`."""
     path = directory / "config.yaml"
     path.write_text(yaml.safe_dump({"sources": [{
         "name": "demo", "dsn": server.dsn(SAMPLE_DB), "target": str(directory / "backups"),
@@ -55,7 +56,7 @@ def run_demo(directory: Path) -> int:
         config = write_config(directory, server)
         sources = load_config_file(config)
         instance = open_instance(directory / "dagster_home")
-        outcome = run_backup(sources[0], sources, instance)
+        outcome = run_backup(sources[0], sources, instance, on_progress=progress_printer())
         print_outcome(outcome, sources[0])
     finally:
         server.stop()
@@ -77,8 +78,8 @@ def closing_hints(directory: Path, config: Path, backup_id: str | None) -> str:
             f"  {env} PG_BACKUP_RESTORE_TO=postgresql://USER@HOST/DB pg-backup-dagster restore {backup_id} --create-db",
         ]
     lines += [
-        "  open the UI on this instance:",
-        f"  DAGSTER_HOME={directory / 'dagster_home'} {env} dagster dev -w workspace.yaml",
+        "  open the UI on this instance (in the repository's folder, venv active):",
+        f"  DAGSTER_HOME={directory / 'dagster_home'} {env} dg dev",
         "(the demo server is stopped; `pg-backup-dagster demo` again starts it and adds a backup; verify and",
         " restore read the backup folder and need no server)",
     ]

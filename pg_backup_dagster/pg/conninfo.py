@@ -19,8 +19,8 @@ def split_password(dsn: str) -> tuple[str, dict[str, str]]:
 
 
 def child_env(dsn: str, base: Mapping[str, str] | None = None) -> tuple[str, dict[str, str]]:
-    """(DSN without password, environment for the child): `base` (default: ours) without a stray PGPASSWORD,
-    plus this DSN's password."""
+    """(DSN without password, environment for the child): `base` (default: ours) plus this DSN's password, which
+    replaces an inherited PGPASSWORD. A DSN without one keeps the inherited PGPASSWORD, as our own connections do
+    (libpq reads it): that is how the README and RESTORE.md tell people to give a restore target's password."""
     safe, password_env = split_password(dsn)
-    env = {k: v for k, v in (os.environ if base is None else base).items() if k != "PGPASSWORD"}
-    return safe, {**env, **password_env}
+    return safe, {**(os.environ if base is None else base), **password_env}

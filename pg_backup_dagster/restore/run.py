@@ -9,6 +9,7 @@ so a tampered or truncated file is never restored. psql-fed tiers are filtered f
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable
@@ -167,12 +168,15 @@ def open_backup(source: SourceConfig, backup_id: str) -> OpenedBackup:
     any file is fetched (so neither verify nor restore reads, let alone runs, what it lists).
     """
     public_key = source_verify_key(source)  # a named but unset key variable fails before the target is read
-    storage = open_source_storage(source)
+    storage = open_source_storage(source, create=False)
     if backup_id == "latest":
         latest = storage.read_latest(source.name)
         if not latest:
             raise BackupError(f"source '{source.name}' has no latest backup at {storage.url}")
         backup_id = latest["backup_id"]
+    if not storage.has_backup(source.name, backup_id):
+        raise BackupError(f"no backup {backup_id!r} of source '{source.name}' at {storage.url}; "
+                          "`pg-backup-dagster list` shows its backups")
     manifest = storage.read_manifest(source.name, backup_id)
     if public_key is not None:
         check_signature(manifest, public_key, source.name, backup_id)
@@ -232,9 +236,20 @@ def create_target_database(target_dsn: str) -> None:
         with psycopg.connect(make_conninfo(target_dsn, dbname="postgres"), autocommit=True, connect_timeout=30) as c:
             c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     except psycopg.errors.DuplicateDatabase:
-        raise BackupError(f"--create-db: database {name!r} already exists on the target server") from None
+        raise BackupError(f"--create-db: database {name!r} already exists on the target server; restore into it "
+                          "without --create-db (with --clean to replace what it holds)") from None
     except psycopg.Error as exc:
         raise BackupError(f"--create-db: cannot create database {name!r}: {one_line(str(exc))}") from None
+
+
+def _target_major(request: RestoreRequest) -> int:
+    """The target server's major version; a missing target database names --create-db as the next step."""
+    try:
+        return server_major_at(request.target_dsn)
+    except BackupError as exc:
+        if not request.create_db and re.search(r'database ".*" does not exist', str(exc)):
+            raise BackupError(f"{exc}; pass --create-db to create it") from None
+        raise
 
 
 def populated_schemas(dsn: str, schemas: list[str]) -> set[str]:
@@ -279,6 +294,11 @@ def _restore_tables(
     with psycopg.connect(request.target_dsn, autocommit=True) as conn:
         absent_parents = needed_parents - existing_tables(conn, needed_parents)
         in_target = existing_tables(conn, named) if named else set()
+        present = existing_tables(conn, {(t.schema, t.table) for t in chosen})
+    if present:
+        names = ", ".join(quote_ident(*t) for t in sorted(present))
+        raise BackupError(f"the target already has table(s) {names}; nothing was restored. Drop or rename them "
+                          "first (--clean does not apply to tables), or restore into another database")
     if absent_parents:
         names = ", ".join(quote_ident(*p) for p in sorted(absent_parents))
         raise BackupError(f"restore the parent table(s) {names} too (--table), or create them in the target first")
@@ -414,7 +434,7 @@ def restore_backup(
         created = True
         result.steps.append(f"created database {conninfo_to_dict(request.target_dsn).get('dbname')}")
     try:
-        major = server_major_at(request.target_dsn)
+        major = _target_major(request)
         if major < backup.manifest.server_major:
             result.notes.append(
                 f"target runs PostgreSQL {major}, older than the source's {backup.manifest.server_major}"

@@ -128,7 +128,8 @@ def _any_user_relation(dsn: str) -> list[str]:
 
 def conflict_message(what: str, found: list[str], clean_hint: str) -> str:
     shown = ", ".join(found[:8]) + (f" and {len(found) - 8} more" if len(found) > 8 else "")
-    return f"{what} already holds {len(found)} object(s) of the backup: {shown}; nothing was restored. {clean_hint}"
+    # the next step before the list: a long list is cut at the end of the one-line error, the hint never is
+    return f"{what} already holds {len(found)} object(s) of the backup; nothing was restored. {clean_hint} Found: {shown}"
 
 
 # --- sessions ---------------------------------------------------------------------------------------

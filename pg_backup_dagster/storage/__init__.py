@@ -60,8 +60,8 @@ class TargetSettings(Protocol):
     def dir_mode(self) -> int | str: ...
 
 
-def open_source_storage(settings: TargetSettings) -> BackupRepository:
-    """The backups of a source's target, with every storage setting of the source."""
+def open_source_storage(settings: TargetSettings, *, create: bool = True) -> BackupRepository:
+    """The backups of a source's target, with every storage setting of the source (create: see open_storage)."""
     return open_storage(
         settings.target,
         sse=settings.sse,
@@ -71,6 +71,7 @@ def open_source_storage(settings: TargetSettings) -> BackupRepository:
         recipients=list(settings.age_recipients) or None,
         file_mode=settings.file_mode,
         dir_mode=settings.dir_mode,
+        create=create,
     )
 
 
@@ -84,11 +85,13 @@ def open_storage(
     recipients: list[str] | None = None,
     file_mode: int | str = PRIVATE_FILE_MODE,
     dir_mode: int | str = PRIVATE_DIR_MODE,
+    create: bool = True,
 ) -> BackupRepository:
     """The backups at a target URL: a path, file:///path, or s3://bucket/prefix.
 
     S3 targets check the bucket at open (missing bucket or denied access fail here, clearly); local
     targets are created if needed and must be writable, and what they write gets file_mode / dir_mode.
+    With create=False (commands that only read) a local target must already exist and nothing is created.
     """
     if not isinstance(url, str) or not url.strip():
         raise BackupError("backup target is empty: set a directory or s3://bucket/prefix")
@@ -102,7 +105,7 @@ def open_storage(
     elif sse or kms_key_id or storage_class:
         raise BackupError("sse, kms_key_id and storage_class apply to s3:// targets only")
     else:
-        store = LocalStorage(_parse_local(url), file_mode=file_mode, dir_mode=dir_mode)
+        store = LocalStorage(_parse_local(url), file_mode=file_mode, dir_mode=dir_mode, create=create)
     return BackupRepository(store, recipients=recipients)
 
 

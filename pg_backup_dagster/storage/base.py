@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, TypeVar
@@ -128,12 +128,18 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def concurrently(items: Iterable[T], work: Callable[[T], R], workers: int) -> list[R]:
-    """work(item) for every item, `workers` at a time; results in order. The first failure is raised once the
-    transfers already running have ended, and nothing not yet started starts."""
+def concurrently(
+    items: Iterable[T], work: Callable[[T], R], workers: int, on_done: Callable[[int, int], None] | None = None
+) -> list[R]:
+    """work(item) for every item, `workers` at a time; results in order, `on_done(n, total)` as each ends. The
+    first failure is raised once the transfers already running have ended, and nothing not yet started starts."""
     with ThreadPoolExecutor(max(1, workers), thread_name_prefix="transfer") as pool:
         futures = [pool.submit(work, item) for item in items]
         try:
+            for done, future in enumerate(as_completed(futures), start=1):
+                future.result()
+                if on_done is not None:
+                    on_done(done, len(futures))
             return [future.result() for future in futures]
         except BaseException:
             for future in futures:

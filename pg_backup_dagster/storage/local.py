@@ -44,12 +44,20 @@ def _os_error(action: str, path: Path, exc: OSError) -> BackupError:
 class LocalStorage(ObjectStore):
     """Backups under a local (or mounted) directory; a key is a path relative to it."""
 
-    def __init__(self, root: Path, *, file_mode: int = PRIVATE_FILE_MODE, dir_mode: int = PRIVATE_DIR_MODE) -> None:
+    def __init__(
+        self, root: Path, *, file_mode: int = PRIVATE_FILE_MODE, dir_mode: int = PRIVATE_DIR_MODE, create: bool = True
+    ) -> None:
+        """create=False opens an existing target only (list, verify, restore, status): a mistyped path is then an
+        error, not a new empty folder that makes it look as if there were no backups."""
         self.root = Path(root).expanduser().absolute()
         self.url = str(self.root)
         self.file_mode = parse_mode("file_mode", file_mode, directory=False)
         self.dir_mode = parse_mode("dir_mode", dir_mode, directory=True)
-        self._check_writable()
+        if create:
+            self._check_writable()
+        elif not self.root.is_dir():
+            why = "not a folder" if self.root.exists() else "no such folder; nothing was created"
+            raise BackupError(f"no backup target at {self.root} ({why}): check PG_BACKUP_TARGET or the source's target")
 
     def _check_writable(self) -> None:
         try:

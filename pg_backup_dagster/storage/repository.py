@@ -10,11 +10,13 @@ manifest, and when, how, with what result) goes into a small marker beside the m
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -311,8 +313,12 @@ class BackupRepository:
             )
 
     # --- publish -------------------------------------------------------------------------------------
-    def publish(self, source: str, backup_id: str, manifest: Manifest, early: EarlyUpload | None = None) -> str:
+    def publish(
+        self, source: str, backup_id: str, manifest: Manifest, early: EarlyUpload | None = None,
+        on_stored: Callable[[int, int], None] | None = None,
+    ) -> str:
         """Store the staged files, verify them, then write manifest.json; returns the backup's URL.
+        on_stored(done, total) follows each stored file (uploads to S3 can take a while).
 
         Files keep the hash taken when they were staged (the manifest's): storage checks against it rather
         than reading them again. Encrypted files are hashed once more, as what is stored is new bytes. Files an
@@ -331,7 +337,7 @@ class BackupRepository:
         try:
             stored = concurrently(
                 entries, lambda e: (early and early.entry_for(e)) or self._store_entry(pending, staging, e),
-                self.store.transfers,
+                self.store.transfers, on_done=on_stored,
             )
             encryption = Encryption(recipients=self.recipients) if self.recipients else None
             document = manifest.model_copy(
@@ -435,8 +441,12 @@ class BackupRepository:
             problems=problems,
         )
         if record:
-            self.store.put_bytes(self._backup_prefix(source, backup_id) + VERIFY_NAME, result.to_bytes())
+            self.record_recheck(source, backup_id, result)
         return result
+
+    def record_recheck(self, source: str, backup_id: str, result: Recheck) -> None:
+        """Leave a re-check's result in the backup's verify.json marker (the manifest is never edited)."""
+        self.store.put_bytes(self._backup_prefix(source, backup_id) + VERIFY_NAME, result.to_bytes())
 
     def read_recheck(self, source: str, backup_id: str) -> Recheck | None:
         """The backup's last recorded re-check, or None if it was never re-checked; BackupError if unreadable."""
@@ -564,6 +574,9 @@ class BackupRepository:
                 if not dry_run:
                     remove_path(child)
                 removed.append(str(child))
+        if not dry_run and not root.is_symlink():
+            with contextlib.suppress(OSError):  # not empty: a run is staging there (or a leftover stays for later)
+                root.rmdir()  # an empty staging folder is no leftover to show in the target
         return removed
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pg_backup_dagster.backup.manifest import FileEntry
@@ -13,6 +14,7 @@ from pg_backup_dagster.errors import BackupError, one_line
 from pg_backup_dagster.pg.tools import find_tools
 from pg_backup_dagster.restore.run import OpenedBackup, open_backup, work_dir
 from pg_backup_dagster.storage.base import concurrently
+from pg_backup_dagster.storage.repository import Recheck
 from pg_backup_dagster.tiers.registry import ARCHIVE_TIERS
 from pg_backup_dagster.verify.check_server import NoCheckServer, choose_check_server
 from pg_backup_dagster.verify.test_restore import RestoreReport, restore_and_compare
@@ -27,6 +29,7 @@ class VerifyReport:
     archives: int = 0
     problems: list[str] = field(default_factory=list)
     restore: RestoreReport | None = None
+    note: str | None = None  # why a passing verify could not be recorded in verify.json
 
     @property
     def passed(self) -> bool:
@@ -97,4 +100,21 @@ def verify_backup(
                 tools, full_archive, [asdict(t) for t in backup.manifest.tables], server=server,
                 jobs=source.restore_jobs, accepted_errors=list(source.accepted_restore_errors),
             )
+    if report.passed:
+        report.note = record_verified(backup, "sha256+restore" if report.restore else "sha256")
     return report
+
+
+def record_verified(backup: OpenedBackup, how: str) -> str | None:
+    """Note a passing verify in the backup's verify.json (what `list` and `status` show as "verified"), unless a
+    failed re-check is recorded there: that mark is final. Returns why it was not written, if it could not be
+    (a read-only target is fine for verify)."""
+    storage, name, backup_id = backup.storage, backup.source.name, backup.backup_id
+    if storage.failed_recheck(name, backup_id) is not None:
+        return "verify.json records a failed re-check: left as is (delete it after repairing the files)"
+    result = Recheck(checked_at=datetime.now(UTC).isoformat(timespec="seconds"), how=how, by="verify", passed=True)
+    try:
+        storage.record_recheck(name, backup_id, result)
+    except BackupError as exc:
+        return f"could not record the result in verify.json: {exc}"
+    return None

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pg_backup_dagster.backup.manifest import tables_phrase
 from pg_backup_dagster.backup.state import CheckRecord, DumpsState, TablesState
 from pg_backup_dagster.backup.step import StepContext
 from pg_backup_dagster.config import SourceConfig
@@ -186,8 +187,12 @@ def check_table_files(step: StepContext, source: SourceConfig, stub_roles: Seque
             error = str(exc)
     differing = [r for r in rows if r["expected"] != r["restored"]]
     passed = not (missing or absent or differing or error)
+    parents = len(tier.tables) - len(dumped)  # partitioned tables: a folder each, no rows of their own
+    restored_parents = sum((r["schema"], r["table"]) not in dumped for r in rows)
+    restored = "all" if len(rows) == len(tier.tables) else tables_phrase(len(rows) - restored_parents,
+                                                                           restored_parents)
     description = (
-        f"{len(tier.tables)} tables have their files; {len(rows)} restored with identical rows" if passed
+        f"{tables_phrase(len(dumped), parents)} have their files; {restored} restored with identical rows" if passed
         else "; ".join(filter(None, [
             f"missing files: {', '.join(missing[:5])}" if missing else "",
             f"tables without files: {', '.join(absent[:5])}" if absent else "",
@@ -197,10 +202,10 @@ def check_table_files(step: StepContext, source: SourceConfig, stub_roles: Seque
     )
     return CheckOutcome(
         passed=passed, description=description,
-        metadata={"tables": len(tier.tables), "restored": len(rows), "tables_differing": len(differing),
-                  "check_server": server.label, "row_counts": rows},
-        details={"tables": len(tier.tables), "restored": len(rows), "missing": missing, "absent": absent,
-                 "differing": differing, "error": error},
+        metadata={"tables": len(dumped), "partitioned_parents": parents, "restored": len(rows),
+                  "tables_differing": len(differing), "check_server": server.label, "row_counts": rows},
+        details={"tables": len(dumped), "partitioned_parents": parents, "restored": len(rows), "missing": missing,
+                 "absent": absent, "differing": differing, "error": error},
         seconds=time.monotonic() - started,
     )
 
