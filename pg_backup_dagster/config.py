@@ -34,6 +34,7 @@ AGE_IDENTITY_ENV = "PG_BACKUP_AGE_IDENTITY"
 SIGNING_KEY_ENV = "PG_BACKUP_SIGNING_KEY"  # the env-configured source: private key, signs its manifests
 VERIFY_KEY_ENV = "PG_BACKUP_VERIFY_KEY"  # the env-configured source: public key, verify/restore require it
 S3_ADDRESSING_ENV = "PG_BACKUP_S3_ADDRESSING_STYLE"
+RTO_BUDGET_ENV = "PG_BACKUP_RTO_BUDGET_SECONDS"  # the env-configured source: restore time budget of its check
 DAGSTER_PG_URL_ENV = "DAGSTER_PG_URL"
 DAGSTER_HOME_ENV = "DAGSTER_HOME"
 
@@ -85,6 +86,7 @@ class SourceConfig:
     file_mode: int = PRIVATE_FILE_MODE  # local targets: mode of every file written (octal string or int in YAML)
     dir_mode: int = PRIVATE_DIR_MODE  # local targets: mode of every folder created, `.staging` included
     retention_verify: str = "size"  # what retention re-checks before deleting: "size" (and existence) or "sha256"
+    rto_budget_seconds: float | None = None  # a test restore slower than this warns (never blocks the backup)
 
     def __post_init__(self) -> None:
         _check(SOURCE_NAME_RE.match(self.name) is not None, "name", f"{self.name!r} must match [a-z][a-z0-9_]*")
@@ -121,6 +123,8 @@ class SourceConfig:
                 object.__setattr__(self, name, parse_mode(name, getattr(self, name), directory=name == "dir_mode"))
             except BackupError as exc:
                 raise BackupError(f"invalid config field '{name}': {exc}") from None
+        _check(self.rto_budget_seconds is None or (_is_number(self.rto_budget_seconds) and self.rto_budget_seconds > 0),
+               "rto_budget_seconds", "must be a positive number of seconds, or null for no budget")
         _check(self.retention_verify in RECHECK_MODES, "retention_verify",
                f"{self.retention_verify!r} must be one of {', '.join(RECHECK_MODES)}")
 
@@ -231,7 +235,8 @@ def load_config_file(path: Path) -> list[SourceConfig]:
 
 def source_from_env(env: dict[str, str]) -> SourceConfig:
     """The single-source setup: PG_BACKUP_DATABASE_URL, PG_BACKUP_TARGET, PG_BACKUP_SOURCE, PG_BACKUP_PROFILE
-    (and PG_BACKUP_SIGNING_KEY / PG_BACKUP_VERIFY_KEY when set: that source signs / checks signatures).
+    (and PG_BACKUP_SIGNING_KEY / PG_BACKUP_VERIFY_KEY when set: that source signs / checks signatures;
+    PG_BACKUP_RTO_BUDGET_SECONDS: its restore check warns when slower).
 
     It backs up daily unless PG_BACKUP_SCHEDULE says otherwise (`off` disables the schedule): a backup service
     that never backs up until told would be a trap.
@@ -250,7 +255,16 @@ def source_from_env(env: dict[str, str]) -> SourceConfig:
         values["verify_key_env"] = VERIFY_KEY_ENV
     if env.get("PG_BACKUP_MAX_CONNECTIONS"):
         values["max_connections"] = _int_env(env, "PG_BACKUP_MAX_CONNECTIONS")
+    if env.get(RTO_BUDGET_ENV):
+        values["rto_budget_seconds"] = _number_env(env, RTO_BUDGET_ENV)
     return source_from_mapping(values, "from environment")
+
+
+def _number_env(env: dict[str, str], key: str) -> float:
+    try:
+        return float(env[key])
+    except ValueError:
+        raise BackupError(f"invalid {key}: {env[key]!r} is not a number") from None
 
 
 def _int_env(env: dict[str, str], key: str) -> int:

@@ -29,14 +29,21 @@ def verify(
     if report.restore is not None:
         r = report.restore
         verdict = "passed" if r.passed else "FAILED"
-        typer.echo(f"test restore {verdict}: {len(r.tables)} tables, {len(r.differing)} differ, {r.seconds:.1f}s")
+        identical = sum(1 for row in r.tables if row.get("content") == "identical")
+        typer.echo(f"test restore {verdict}: {len(r.tables)} tables, {len(r.differing)} differ, {identical} identical "
+                   f"in content, {r.seconds:.1f}s")
         for error in r.errors:
             typer.echo(f"  pg_restore: {error}", err=True)
         for row in r.differing:
-            typer.echo(
-                f"  {row['schema']}.{row['table']}: expected {row['expected']} rows, restored {row['restored']}",
-                err=True,
-            )
+            content = ", content differs" if row.get("content") == "differs" else ""
+            typer.echo(f"  {row['schema']}.{row['table']}: expected {row['expected']} rows, restored "
+                       f"{row['restored']}{content}", err=True)
+        for table, why in r.not_compared.items():
+            typer.echo(f"  {table}: count only ({why})")
+        if r.amcheck is not None:
+            typer.echo(f"  amcheck: {r.amcheck.unavailable or f'{r.amcheck.checked} B-tree indexes checked'}")
+            for bad in r.amcheck.corrupt:
+                typer.echo(f"  corrupt index {bad['index']}: {bad['error']}", err=True)
     if not report.passed:
         raise typer.Exit(1)
 

@@ -67,7 +67,8 @@ def run_backup(
             error = event.step_failure_data.error
             outcome.errors.append(f"{event.step_key}: {_error_line(error)}")
     for evaluation in result.get_asset_check_evaluations():
-        outcome.checks[evaluation.check_name] = (evaluation.passed, evaluation.description or "")
+        warned = evaluation.severity == dg.AssetCheckSeverity.WARN  # a warning (RTO budget), not a failure
+        outcome.checks[evaluation.check_name] = (evaluation.passed or warned, evaluation.description or "")
     return outcome
 
 

@@ -1,5 +1,7 @@
-"""Verify a stored backup: every file against the manifest's sha256, every archive readable, optionally a
-full test restore compared with the manifest's per-table row counts. Reports every bad file, not just the first."""
+"""Verify a stored backup: every file against the manifest's sha256, every archive readable, every table's
+data.sql rows against the manifest's content hash (the full dump's rows), optionally a full test restore compared
+with the manifest's per-table row counts and content hashes, its indexes amchecked. Reports every bad file, not
+just the first."""
 
 from __future__ import annotations
 
@@ -7,11 +9,14 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from pg_backup_dagster.backup.manifest import FileEntry
 from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.errors import BackupError, one_line
 from pg_backup_dagster.pg.tools import find_tools
 from pg_backup_dagster.restore.run import OpenedBackup, open_backup, work_dir
+from pg_backup_dagster.tiers.content import script_digest
 from pg_backup_dagster.tiers.registry import ARCHIVE_TIERS
+from pg_backup_dagster.verify.content import ContentSpec
 from pg_backup_dagster.verify.test_restore import RestoreReport, restore_and_compare
 
 
@@ -43,6 +48,7 @@ def check_files(
     every archive with pg_restore -l; returns the full archive when keep_full. One pass over the manifest and
     one read per file: linear in the number of files (the test counts storage calls and entries visited)."""
     full_archive = None
+    hashes = {table.key: table.sha256 for table in backup.manifest.tables if table.sha256}
     for entry in backup.manifest.files:
         try:
             local = backup.storage.verified_file(backup.source.name, backup.backup_id, entry, work / entry.path)
@@ -54,11 +60,24 @@ def check_files(
             report.archives += 1
             if problem := archive_problem(pg_restore_bin, local):
                 report.problems.append(f"{entry.path}: unreadable archive: {problem}")
+        if problem := _content_problem(entry, local, hashes):
+            report.problems.append(problem)
         if entry.tier == "full" and keep_full:
             full_archive = local
         elif local.is_relative_to(work):
             local.unlink()
     return full_archive
+
+
+def _content_problem(entry: FileEntry, local: Path, hashes: dict[tuple[str, str], str]) -> str | None:
+    """A table's data.sql whose COPY rows are not the full dump's (their content hash differs from the manifest's)."""
+    if entry.tier != "table" or entry.kind != "data" or entry.schema is None or entry.table is None:
+        return None
+    expected = hashes.get((entry.schema, entry.table))
+    if expected is None or script_digest(local) == expected:
+        return None
+    return (f"{entry.path}: rows of {entry.schema}.{entry.table} differ from the full dump's "
+            "(content hash differs from the manifest's)")
 
 
 def verify_backup(
@@ -76,8 +95,10 @@ def verify_backup(
         work = Path(tmp)
         full_archive = check_files(backup, report, tools.path("pg_restore"), work, keep_full=full_restore)
         if full_restore and full_archive is not None and not report.problems:
+            manifest = backup.manifest
+            spec = ContentSpec.of_archive(full_archive, manifest.copy_settings, manifest.server_major)
             report.restore = restore_and_compare(
-                tools, full_archive, [asdict(t) for t in backup.manifest.tables], restore_url=restore_url,
-                jobs=source.restore_jobs,
+                tools, full_archive, [asdict(t) for t in manifest.tables], restore_url=restore_url,
+                jobs=source.restore_jobs, content=spec, amcheck=True,
             )
     return report

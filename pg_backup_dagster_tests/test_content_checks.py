@@ -1,0 +1,269 @@
+"""Issue 17: rows are proven by content, not only by count. Real backups through Dagster, real restores, real amcheck.
+
+The source holds what could make a restored table's COPY text differ from pg_dump's without any row changing:
+rows moved by UPDATE (physical order is not insertion order), session settings pg_dump leaves to the database
+(TimeZone, bytea_output), dropped and generated columns, a child whose column order changes on restore, a table
+without columns, floats, money, hostile names. Every table must come back identical in content; one changed row,
+with every file hash recomputed, must be named.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import dagster as dg
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from pg_backup_dagster.backup.manifest import parse_manifest
+from pg_backup_dagster.config import RTO_BUDGET_ENV, SourceConfig, source_from_env
+from pg_backup_dagster.defs.run import run_backup
+from pg_backup_dagster.errors import BackupError
+from pg_backup_dagster.tiers.archive import (
+    COMPRESSION_GZIP,
+    OFFSET_SET,
+    ArchiveReader,
+    block_chunks,
+    block_data,
+    read_archive,
+    write_subset,
+)
+from pg_backup_dagster.verify.amcheck import check_btree_indexes
+from pg_backup_dagster.verify.content import ContentSpec, not_comparable
+from pg_backup_dagster_tests.helpers import create_database
+from pg_backup_dagster_tests.restore_helpers import (
+    Published,
+    back_up,
+    cli,
+    hostile_database,
+    restore_full_dump,
+    tampered_copy,
+)
+
+SETTINGS = ("timezone = 'Asia/Kathmandu'", "bytea_output = 'escape'")  # ALTER DATABASE … SET of the source
+SQL = """
+CREATE TABLE public.moved (id int PRIMARY KEY, note text);
+INSERT INTO public.moved SELECT g, repeat('x', g % 50) FROM generate_series(1, 3000) g;
+UPDATE public.moved SET note = note || 'y' WHERE id % 7 = 0;
+CREATE TABLE public.kinds (
+    id int GENERATED ALWAYS AS IDENTITY, dropme int, ts timestamptz, d date, iv interval, f float8, r real,
+    b bytea, j jsonb, n numeric, m money, p point, arr float8[], gen int GENERATED ALWAYS AS (id * 2) STORED);
+ALTER TABLE public.kinds DROP COLUMN dropme;
+INSERT INTO public.kinds (ts, d, iv, f, r, b, j, n, m, p, arr)
+SELECT timestamptz '2026-01-01 00:00+00' - g * interval '7 hours 3 minutes', date '2026-01-01' - g,
+       g * interval '1 day 2 hours', 1.0 / g, 1.0 / (g + 1), decode(md5(g::text), 'hex'),
+       jsonb_build_object('g', g, 'f', 1.0 / g), g / 3.0, g * 1.5, point(g, 1.0 / g), ARRAY[1.0 / g, g]
+FROM generate_series(1, 500) g;
+CREATE TABLE public.parent (a int);
+CREATE TABLE public.child (c text) INHERITS (public.parent);
+ALTER TABLE public.parent ADD COLUMN z int;
+INSERT INTO public.child (a, c, z) VALUES (1, 'one', 10), (2, 'two', 20);
+CREATE TABLE public.nocols ();
+INSERT INTO public.nocols DEFAULT VALUES;
+INSERT INTO public.nocols DEFAULT VALUES;
+CREATE INDEX ON public.kinds (ts);
+"""
+MOVED_DATA = "public/tables/moved/data.sql"
+
+
+def with_source_settings(dsn: str) -> str:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for setting in SETTINGS:
+            conn.execute(f'ALTER DATABASE "{conn.info.dbname}" SET {setting}')
+    return dsn
+
+
+@pytest.fixture(scope="module")
+def published(pg18, tmp_path_factory) -> Published:
+    dsn = with_source_settings(hostile_database(pg18, "content", SQL))
+    with pytest.MonkeyPatch.context() as mp:
+        return back_up(mp, "content", dsn, str(tmp_path_factory.mktemp("content_target")), pg18.dsn())
+
+
+def manifest_of(published: Published) -> dict:
+    assert published.folder is not None
+    return json.loads((published.folder / "manifest.json").read_text())
+
+
+def test_every_table_is_identical_in_content_after_the_full_and_the_table_restores(published):
+    manifest = manifest_of(published)
+    assert manifest["format_version"] == 2
+    assert manifest["copy_settings"]["TimeZone"] == "Asia/Kathmandu"
+    assert manifest["copy_settings"]["bytea_output"] == "escape"
+    tables = {(t["schema"], t["table"]): t for t in manifest["tables"]}
+    assert all(re.fullmatch(r"[0-9a-f]{64}", t["sha256"] or "") for t in tables.values()), tables
+    full, per_table = manifest["checks"]["full_dump_restores"], manifest["checks"]["table_dumps_restore"]
+    assert full["passed"] and full["content_not_compared"] == {}, full
+    assert f"({len(tables)} also identical in content)" in full["description"]
+    assert per_table["passed"] and per_table["content_not_compared"] == {}, per_table
+    assert "also identical in content" in per_table["description"]
+    assert full["amcheck"] == "ran" and full["indexes_checked"] >= 3 and full["indexes_corrupt"] == 0
+
+
+def test_verify_with_a_full_restore_proves_content(published):
+    result = cli(published, "verify", published.backup_id, "--full-restore")
+    assert result.exit_code == 0, result.output
+    tables = len(manifest_of(published)["tables"])
+    assert f"0 differ, {tables} identical in content" in result.output
+    assert "B-tree indexes checked" in result.output
+
+
+def change_row(data: bytes) -> bytes:
+    """Row 2 of public.moved, same length: only its content hash can tell."""
+    changed = data.replace(b"\n2\txx\n", b"\n2\tyy\n", 1)
+    assert changed != data and len(changed) == len(data)
+    return changed
+
+
+def test_verify_names_a_data_sql_whose_rows_differ_from_the_full_dump(published, tmp_path):
+    copy = tampered_copy(published, tmp_path / "copy", MOVED_DATA, change_row)
+    result = cli(copy, "verify", copy.backup_id)
+    assert result.exit_code == 1
+    bad = [line for line in result.output.splitlines() if line.startswith("BAD ")]
+    assert bad == [f"BAD {MOVED_DATA}: rows of public.moved differ from the full dump's "
+                   "(content hash differs from the manifest's)"], result.output
+
+
+def with_rows_changed(archive: Path, table: bytes, change: Callable[[bytes], bytes], dest: Path) -> bytes:
+    """The archive with one table's data block re-written (its rows changed, recompressed) and every later block's
+    offset moved in the TOC: a valid full dump whose rows differ from the manifest's in that table only."""
+    read = read_archive(archive)
+    entry = next(e for e in read.entries if e.desc == "TABLE DATA" and e.tag == table)
+    start, end, raw = entry.offset, read.block_ends[entry.dump_id], archive.read_bytes()
+    reader = ArchiveReader(io.BytesIO(raw[start:end]), read.int_size, read.off_size)
+    head = bytes([reader.byte()]) + reader.raw(1 + read.int_size)
+    rows = change(b"".join(block_data(block_chunks(reader), read.compression, "test")))
+    packed = zlib.compress(rows) if read.compression == COMPRESSION_GZIP else rows
+
+    def integer(value: int) -> bytes:
+        return b"\0" + value.to_bytes(read.int_size, "little")
+
+    block = head + integer(len(packed)) + packed + integer(0)
+    delta = len(block) - (end - start)
+    for other in read.entries:
+        if other.offset_state == OFFSET_SET and other.offset > start:
+            other.offset += delta
+    read.size += delta
+    del read.__dict__["block_ends"]  # cached for the old layout
+    source = dest.with_suffix(".blocks")
+    source.write_bytes(raw[:start] + block + raw[end:])
+    write_subset(source, read, read.entries, dest)
+    return dest.read_bytes()
+
+
+def test_full_restore_names_the_table_whose_rows_changed(published, tmp_path):
+    assert published.folder is not None
+    archive = f"database_full_{published.backup_id}.dump"
+    changed = with_rows_changed(published.folder / archive, b"moved", change_row, tmp_path / "changed.dump")
+    copy = tampered_copy(published, tmp_path / "copy", archive, lambda _: changed)
+    assert cli(copy, "verify", copy.backup_id).exit_code == 0, "every file matches its (recomputed) hash"
+    result = cli(copy, "verify", copy.backup_id, "--full-restore")
+    assert result.exit_code == 1
+    assert "test restore FAILED" in result.output and "1 differ" in result.output, result.output
+    named = [line.strip() for line in result.output.splitlines() if "content differs" in line]
+    assert named == ["public.moved: expected 3000 rows, restored 3000, content differs"], result.output
+
+
+CORRUPTIBLE = """
+CREATE FUNCTION public.cmp(int, int) RETURNS int LANGUAGE sql IMMUTABLE
+    AS 'SELECT CASE WHEN $1 < $2 THEN -1 WHEN $1 > $2 THEN 1 ELSE 0 END';
+CREATE OPERATOR CLASS public.int4_by_cmp FOR TYPE int4 USING btree AS
+    OPERATOR 1 <, OPERATOR 2 <=, OPERATOR 3 =, OPERATOR 4 >=, OPERATOR 5 >, FUNCTION 1 public.cmp(int, int);
+CREATE TABLE public.t (v int PRIMARY KEY);
+INSERT INTO public.t SELECT generate_series(1, 2000);
+CREATE INDEX t_by_cmp ON public.t (v public.int4_by_cmp);
+"""
+
+
+def test_amcheck_finds_every_index_of_a_sound_database_sound(pg18):
+    report = check_btree_indexes(create_database(pg18, "sound", CORRUPTIBLE))
+    assert report.unavailable is None and report.corrupt == []
+    assert report.checked == 2 and report.heapallindexed == 2
+
+
+def test_amcheck_names_an_index_whose_order_no_longer_holds(pg18):
+    """The operator class's comparison is reversed after the index was built: its entries are out of order."""
+    dsn = create_database(pg18, "corrupt", CORRUPTIBLE)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE OR REPLACE FUNCTION public.cmp(int, int) RETURNS int LANGUAGE sql IMMUTABLE "
+                     "AS 'SELECT CASE WHEN $1 < $2 THEN 1 WHEN $1 > $2 THEN -1 ELSE 0 END'")
+    report = check_btree_indexes(dsn)
+    assert [c["index"] for c in report.corrupt] == ["public.t_by_cmp"], report.corrupt
+    assert "order" in report.corrupt[0]["error"]
+
+
+def test_amcheck_unavailable_is_said_not_failed(pg18):
+    """A check server where the restore's role may not create amcheck: said in the report, nothing failed."""
+    dsn = create_database(pg18, "noamcheck", "CREATE TABLE t (id int PRIMARY KEY)")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DO $$ BEGIN CREATE ROLE pgbd_no_amcheck; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+        conn.execute(f'GRANT CREATE ON DATABASE "{conn.info.dbname}" TO pgbd_no_amcheck')
+    report = check_btree_indexes(make_conninfo(dsn, options="-c role=pgbd_no_amcheck"))
+    assert report.unavailable is not None and "amcheck" in report.unavailable
+    assert report.checked == 0 and report.corrupt == []
+
+
+def test_tables_compared_by_count_only_are_named_with_the_reason(published, pg18):
+    """Floats print differently across PostgreSQL 12 (and money without the dump's lc_monetary): those tables fall
+    back to counts, each named with why; nothing else does."""
+    assert published.folder is not None
+    archive = published.folder / f"database_full_{published.backup_id}.dump"
+    scratch = create_database(pg18, "fallback")
+    restore_full_dump(archive, scratch)
+    tables = manifest_of(published)["tables"]
+    spec = ContentSpec.of_archive(archive, {"lc_monetary": "xx_NOWHERE"}, source_major=11)
+    assert spec is not None
+    reasons = not_comparable(scratch, spec, tables)
+    assert set(reasons) == {("public", "kinds")}, reasons
+    assert "float output changed in PostgreSQL 12; dumped from 11, restored on 18" in reasons[("public", "kinds")]
+    assert "money output depends on lc_monetary 'xx_NOWHERE'" in reasons[("public", "kinds")]
+    same_major = ContentSpec.of_archive(archive, {}, source_major=18)
+    assert same_major is not None and not_comparable(scratch, same_major, tables) == {}
+
+
+def test_a_restore_over_its_rto_budget_warns_and_still_publishes(pg18, tmp_path, monkeypatch):
+    dsn = create_database(pg18, "rto", "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS note FROM generate_series(1, 100000) g")
+    monkeypatch.setenv("PGBD_TEST_RTO_DSN", dsn)
+    source = SourceConfig(name="rto", dsn_env="PGBD_TEST_RTO_DSN", target=str(tmp_path), restore_url_env=None,
+                          tiers=("full",), rto_budget_seconds=0.001)
+    with dg.instance_for_test() as instance:
+        outcome = run_backup(source, [source], instance)
+        records = instance.event_log_storage.get_asset_check_execution_history(
+            dg.AssetCheckKey(dg.AssetKey(["rto", "full_dump"]), "full_dump_restores"), limit=1)
+    assert outcome.success, outcome.errors
+    passed, description = outcome.checks["full_dump_restores"]
+    assert passed and description.startswith("warning: restore took "), description
+    assert "over the RTO budget of 0.001s" in description
+    evaluation = records[0].event.dagster_event.event_specific_data
+    assert evaluation.severity == dg.AssetCheckSeverity.WARN and not evaluation.passed
+    metadata = {key: value.value for key, value in evaluation.metadata.items()}
+    assert metadata["rto_exceeded"] is True and metadata["restore_duration_s"] > 0.001
+    assert metadata["restore_throughput_mib_s"] > 0 and metadata["restore_rows_per_s"] > 0
+    manifest = parse_manifest((tmp_path / "rto" / outcome.backup_id / "manifest.json").read_bytes(), "manifest")
+    record = manifest.checks["full_dump_restores"]
+    assert manifest.passed and record.passed and "RTO budget" in (record.model_extra or {})["warning"]
+
+
+def test_rto_budget_from_the_environment_and_its_validation():
+    assert source_from_env({RTO_BUDGET_ENV: "90"}).rto_budget_seconds == 90.0
+    assert source_from_env({}).rto_budget_seconds is None
+    with pytest.raises(BackupError, match=RTO_BUDGET_ENV):
+        source_from_env({RTO_BUDGET_ENV: "soon"})
+    with pytest.raises(BackupError, match="'rto_budget_seconds'"):
+        SourceConfig(rto_budget_seconds=0)
+
+
+def test_a_version_1_manifest_still_reads(published):
+    document = manifest_of(published)
+    document["format_version"] = 1
+    del document["copy_settings"]
+    for table in document["tables"]:
+        del table["sha256"]
+    manifest = parse_manifest(json.dumps(document).encode(), "v1 manifest")
+    assert manifest.format_version == 1 and all(t.sha256 is None for t in manifest.tables)
