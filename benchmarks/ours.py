@@ -155,17 +155,18 @@ def split_only(tools: PgTools, dsn: str, archive: Path, out_dir: Path) -> dict:
 
 
 def restore_check(
-    tools: PgTools, archive: Path, expected: list[dict], restore_url: str | None, jobs: int, source_dsn: str | None
+    tools: PgTools, archive: Path, expected: list[dict], restore_url: str | None, jobs: int, source_dsn: str | None,
+    amcheck: bool | None = None,
 ) -> dict:
     """`restore_and_compare` as the full_dump check calls it: with `source_dsn`, content hashes (taken from the
-    archive before the clock starts) and amcheck, as it runs since issue 17; without, counts only, as before it.
-    restore_url None means an ephemeral local server."""
+    archive before the clock starts) and amcheck (unless `amcheck` is False), as it runs since issue 17; without,
+    counts only, as before it. restore_url None means an ephemeral local server."""
     spec = None
     if source_dsn is not None:
         expected, spec = with_content(source_dsn, archive, expected)
     with measured() as sample:
         report = restore_and_compare(tools, archive, expected, restore_url=restore_url, jobs=jobs, content=spec,
-                                     amcheck=spec is not None)
+                                     amcheck=spec is not None if amcheck is None else amcheck)
     identical = sum(1 for row in report.tables if row.get("content") == "identical")
     return {
         **sample.as_dict(),

@@ -9,6 +9,7 @@ with every file hash recomputed, must be named.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -21,10 +22,15 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
+from pg_backup_dagster.backup.dumps import dump_full_and_schemas
 from pg_backup_dagster.backup.manifest import parse_manifest
+from pg_backup_dagster.backup.staging import Staging
+from pg_backup_dagster.backup.step import StepContext
 from pg_backup_dagster.config import RTO_BUDGET_ENV, SourceConfig, source_from_env
 from pg_backup_dagster.defs.run import run_backup
 from pg_backup_dagster.errors import BackupError
+from pg_backup_dagster.pg.source import SourceDatabase
+from pg_backup_dagster.storage import open_storage
 from pg_backup_dagster.tiers.archive import (
     COMPRESSION_GZIP,
     OFFSET_SET,
@@ -35,7 +41,8 @@ from pg_backup_dagster.tiers.archive import (
     write_subset,
 )
 from pg_backup_dagster.verify.amcheck import check_btree_indexes
-from pg_backup_dagster.verify.content import ContentSpec, not_comparable
+from pg_backup_dagster.verify.content import ContentSpec, MarkedStream, not_comparable
+from pg_backup_dagster.verify.tiers import check_table_files
 from pg_backup_dagster_tests.helpers import create_database
 from pg_backup_dagster_tests.restore_helpers import (
     Published,
@@ -267,3 +274,36 @@ def test_a_version_1_manifest_still_reads(published):
         del table["sha256"]
     manifest = parse_manifest(json.dumps(document).encode(), "v1 manifest")
     assert manifest.format_version == 1 and all(t.sha256 is None for t in manifest.tables)
+
+
+def test_table_check_names_a_table_whose_data_sql_rows_changed(pg18, tmp_path):
+    """The table tier's check restores data.sql files and compares them with the full archive's content hashes."""
+    dsn = create_database(pg18, "tablecheck", SQL)
+    pg = SourceDatabase(dsn, source="tablecheck")
+    staging = Staging(tmp_path / "staging", "2026-01-01T00-00-00Z")
+    staging.root.mkdir()
+    dumps, tables = dump_full_and_schemas(pg, staging, "plain", 18)
+    assert tables is not None
+    staging.save(dumps)
+    staging.save(tables)
+    step = StepContext(staging.backup_id, pg, open_storage(str(tmp_path / "target")), staging)
+    intact = check_table_files(step, pg18.dsn(), None, ())
+    assert intact.passed and intact.details["content_not_compared"] == {}, intact.description
+    data = staging.root / MOVED_DATA
+    data.write_bytes(change_row(data.read_bytes()))
+    outcome = check_table_files(step, pg18.dsn(), None, ())
+    assert not outcome.passed
+    assert outcome.description == "1 table(s) differ: public.moved (rows differ in content, same count 3000)"
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 7, 40, 1 << 20])
+def test_a_psql_stream_is_cut_at_its_markers_whatever_the_chunk_size(chunk):
+    """Markers may straddle reads; rows that merely look like markers (another token) stay rows."""
+    token = b"0123abcd"
+    tables = [b"1\tone\n2\ttwo\n", b"", b"pgbd-ffffffff 1\n\\\\.x\n", b"\n\n"]
+    stream = b"".join(b"pgbd-%s %d\n" % (token, i) + rows for i, rows in enumerate(tables)) + b"pgbd-%s end\n" % token
+    segments = MarkedStream(token)
+    for start in range(0, len(stream), chunk):
+        segments.feed(stream[start : start + chunk])
+    assert [(f.sha256, f.rows) for f in segments.found] == [
+        (hashlib.sha256(rows).hexdigest(), rows.count(b"\n")) for rows in tables]

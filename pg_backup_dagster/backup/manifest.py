@@ -1,7 +1,8 @@
 """manifest.json: the contract between backup, verify, restore and retention, as one validated model.
 
 Written last; a backup exists only when it does. Every file is listed with its tier, identity, size and
-sha256 (and, when age-encrypted, where its ciphertext lives and the plaintext's size and sha256). Every
+sha256 (and, when age-encrypted, where its ciphertext lives and the plaintext's size and sha256); every table
+with its row count and the content hash of its rows (format 2; format 1 manifests, without them, still read). Every
 reader parses it through `parse_manifest`, so a manifest that is tampered with, truncated or of another
 format version is refused in one place with one clear error.
 """

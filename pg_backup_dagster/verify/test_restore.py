@@ -23,7 +23,7 @@ from pg_backup_dagster.pg.tools import PgTools
 from pg_backup_dagster.restore.runner import pg_restore_into
 from pg_backup_dagster.tiers.archive import UnsupportedArchive, read_archive
 from pg_backup_dagster.verify.amcheck import AmcheckReport, check_btree_indexes
-from pg_backup_dagster.verify.content import ContentSpec, not_comparable, restored_content
+from pg_backup_dagster.verify.content import ContentSpec, TableContent, not_comparable, restored_content
 
 
 @dataclass
@@ -114,7 +114,7 @@ IDENTICAL, DIFFERS, COUNT_ONLY = "identical", "differs", "count only"
 
 
 def compare_restored(
-    dsn: str, expected: list[dict], spec: ContentSpec | None, workers: int = 1
+    dsn: str, expected: list[dict], spec: ContentSpec | None, psql: str, workers: int = 1
 ) -> tuple[list[dict], dict[str, str]]:
     """Each expected table's restored rows: content hash and count from one COPY where the backup has a hash it
     can be compared with, exact count(*) otherwise; and why each of those was compared by count only."""
@@ -122,18 +122,21 @@ def compare_restored(
         return [{**row, "content": COUNT_ONLY} for row in restored_counts(dsn, expected, workers)], {}
     reasons = not_comparable(dsn, spec, expected)
     hashed = [(r["schema"], r["table"]) for r in expected if (r["schema"], r["table"]) not in reasons]
-    contents = dict(zip(hashed, restored_content(dsn, spec, hashed, workers), strict=True))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        present = existing_tables(conn, hashed)
+    read = [key for key in hashed if key in present]  # a missing table: -1, like its count
+    contents = dict(zip(read, restored_content(dsn, spec, read, psql, workers), strict=True))
     counted = {(r["schema"], r["table"]): r for r in
                restored_counts(dsn, [r for r in expected if (r["schema"], r["table"]) in reasons], workers)}
     rows = []
     for row in expected:
         key = (row["schema"], row["table"])
-        if key in contents:
-            found = contents[key]
+        if key in reasons:
+            rows.append({**counted[key], "content": COUNT_ONLY})
+        else:
+            found = contents.get(key, TableContent(None, -1))
             rows.append({"schema": key[0], "table": key[1], "expected": row["rows"], "restored": found.rows,
                          "content": IDENTICAL if found.sha256 == row["sha256"] else DIFFERS})
-        else:
-            rows.append({**counted[key], "content": COUNT_ONLY})
     return rows, {f"{schema}.{table}": why for (schema, table), why in reasons.items()}
 
 
@@ -178,9 +181,9 @@ def restore_and_compare(
             return report
         report.errors, report.accepted_errors = pg_restore_into(tools, archive, dsn, jobs, accepted_errors or [])
         report.seconds = time.monotonic() - started
-        report.tables, report.not_compared = compare_restored(dsn, expected, content, jobs)
+        report.tables, report.not_compared = compare_restored(dsn, expected, content, tools.path("psql"), jobs)
         if amcheck and not report.errors:
-            report.amcheck = check_btree_indexes(dsn)
+            report.amcheck = check_btree_indexes(dsn, workers=jobs)
     return report
 
 

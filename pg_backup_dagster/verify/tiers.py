@@ -255,7 +255,7 @@ def _restore_sample(
                        late_objects=plan.late_objects)
         own = [{"schema": t.schema, "table": t.table, "rows": dumped[t.schema, t.table].rows,
                 "sha256": dumped[t.schema, t.table].sha256} for t in plan.tables if (t.schema, t.table) in dumped]
-        rows, not_compared = compare_restored(dsn, own, spec)
+        rows, not_compared = compare_restored(dsn, own, spec, step.pg.tools().path("psql"))
         parents = [{"schema": t.schema, "table": t.table, "rows": t.rows} for t in plan.tables
                    if (t.schema, t.table) not in dumped]  # partitioned tables: no rows of their own, count 0
         return rows + [{**row, "content": NO_OWN_ROWS} for row in restored_counts(dsn, parents)], not_compared
