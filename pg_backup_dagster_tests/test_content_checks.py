@@ -30,6 +30,7 @@ from pg_backup_dagster.config import RTO_BUDGET_ENV, SourceConfig, source_from_e
 from pg_backup_dagster.defs.run import run_backup
 from pg_backup_dagster.errors import BackupError
 from pg_backup_dagster.pg.source import SourceDatabase
+from pg_backup_dagster.pg.tools import find_tools
 from pg_backup_dagster.storage import open_storage
 from pg_backup_dagster.tiers.archive import (
     COMPRESSION_GZIP,
@@ -41,7 +42,7 @@ from pg_backup_dagster.tiers.archive import (
     write_subset,
 )
 from pg_backup_dagster.verify.amcheck import check_btree_indexes
-from pg_backup_dagster.verify.content import ContentSpec, MarkedStream, not_comparable
+from pg_backup_dagster.verify.content import ContentSpec, MarkedStream, not_comparable, restored_content
 from pg_backup_dagster.verify.tiers import check_table_files
 from pg_backup_dagster_tests.helpers import create_database
 from pg_backup_dagster_tests.restore_helpers import (
@@ -307,3 +308,13 @@ def test_a_psql_stream_is_cut_at_its_markers_whatever_the_chunk_size(chunk):
         segments.feed(stream[start : start + chunk])
     assert [(f.sha256, f.rows) for f in segments.found] == [
         (hashlib.sha256(rows).hexdigest(), rows.count(b"\n")) for rows in tables]
+
+
+def test_a_table_whose_copy_fails_has_no_hash_and_the_others_are_still_read(pg18):
+    dsn = create_database(pg18, "copyfails", "CREATE TABLE a (id int); CREATE TABLE b (id int); CREATE TABLE c (id int);"
+                                             "INSERT INTO a VALUES (1), (2); INSERT INTO c VALUES (3)")
+    columns = {(b"public", b"a"): [b"id"], (b"public", b"b"): [b"no such column"], (b"public", b"c"): [b"id"]}
+    spec = ContentSpec(columns, "UTF8", {}, source_major=18)
+    found = restored_content(dsn, spec, [("public", "a"), ("public", "b"), ("public", "c")], find_tools().path("psql"))
+    assert [(f.sha256, f.rows) for f in found] == [
+        (hashlib.sha256(b"1\n2\n").hexdigest(), 2), (None, -1), (hashlib.sha256(b"3\n").hexdigest(), 1)]

@@ -189,8 +189,20 @@ def _literal(value: str) -> bytes:
 
 def _stream_share(psql: str, dsn: str, settings: dict[str, str], encoding: str | None,
                   statements: list[bytes]) -> list[TableContent]:
-    """One psql runs every COPY of this share (under our `\\restrict`, stopping at the first error) with a marker
-    before each; rows stream through sha256 at C speed (psycopg's copy API costs ~3x more per row in Python)."""
+    """Every COPY of this share; a table whose COPY fails gets no hash (so it differs) and the rest go on."""
+    found: list[TableContent] = []
+    while len(found) < len(statements):
+        found += _stream_once(psql, dsn, settings, encoding, statements[len(found) :])
+        if len(found) < len(statements):
+            found.append(TableContent(None, -1))  # psql stopped at this table's COPY
+    return found
+
+
+def _stream_once(psql: str, dsn: str, settings: dict[str, str], encoding: str | None,
+                 statements: list[bytes]) -> list[TableContent]:
+    """One psql runs the COPYs (under our `\\restrict`, stopping at the first error) with a marker before each;
+    rows stream through sha256 at C speed (psycopg's copy API costs ~3x more per row in Python). Returns the
+    tables read in full: a table's segment counts once the next marker came."""
     token = secrets.token_hex(16).encode()
     head, tail = restrict_lines(psql)
     script = [head, *(b"SET %s TO %s;\n" % (name.encode(), _literal(value)) for name, value in settings.items())]
@@ -214,8 +226,7 @@ def _stream_share(psql: str, dsn: str, settings: dict[str, str], encoding: str |
             finally:
                 proc.stdout.close()
                 proc.wait()
-    # A table's segment counts once the next marker came; one whose COPY failed (and those after it) did not.
-    return segments.found + [TableContent(None, -1)] * (len(statements) - len(segments.found))
+    return segments.found
 
 
 def restored_content(dsn: str, spec: ContentSpec, tables: list[tuple[str, str]], psql: str,
