@@ -41,6 +41,7 @@ from pg_backup_dagster.tiers.archive import (
     read_archive,
     write_subset,
 )
+from pg_backup_dagster.tiers.content import archive_digests
 from pg_backup_dagster.verify.amcheck import check_btree_indexes
 from pg_backup_dagster.verify.content import ContentSpec, MarkedStream, not_comparable, restored_content
 from pg_backup_dagster.verify.tiers import check_table_files
@@ -256,6 +257,7 @@ def test_a_restore_over_its_rto_budget_warns_and_still_publishes(pg18, tmp_path,
     manifest = parse_manifest((tmp_path / "rto" / outcome.backup_id / "manifest.json").read_bytes(), "manifest")
     record = manifest.checks["full_dump_restores"]
     assert manifest.passed and record.passed and "RTO budget" in (record.model_extra or {})["warning"]
+    assert manifest.tables[0].sha256 and "(1 also identical in content)" in record.description, "tier off: hashed"
 
 
 def test_rto_budget_from_the_environment_and_its_validation():
@@ -318,3 +320,16 @@ def test_a_table_whose_copy_fails_has_no_hash_and_the_others_are_still_read(pg18
     found = restored_content(dsn, spec, [("public", "a"), ("public", "b"), ("public", "c")], find_tools().path("psql"))
     assert [(f.sha256, f.rows) for f in found] == [
         (hashlib.sha256(b"1\n2\n").hexdigest(), 2), (None, -1), (hashlib.sha256(b"3\n").hexdigest(), 1)]
+
+
+def test_the_archive_reader_and_the_table_split_take_the_same_hashes(published, pg18):
+    """Without the table tier the hashes come from one read of the archive: the same as the split's."""
+    assert published.folder is not None
+    digests = archive_digests(published.folder / f"database_full_{published.backup_id}.dump")
+    with psycopg.connect(published.env[published.source.dsn_env]) as conn:
+        keys = {oid: (schema, table) for oid, schema, table in conn.execute(
+            "SELECT c.oid::int, n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relkind = 'r'")}
+    by_name = {keys[oid]: sha for oid, (sha, _) in digests.items() if oid in keys}
+    tables = manifest_of(published)["tables"]
+    assert by_name == {(t["schema"], t["table"]): t["sha256"] for t in tables}
