@@ -68,12 +68,14 @@ class ContentSpec:
 
     @classmethod
     def of_archive(cls, archive: Path, settings: dict[str, str] | None, source_major: int) -> ContentSpec | None:
-        """None when the archive is of a version the reader does not know (the check then compares counts)."""
+        """None when the archive is of a version the reader does not know (the check then compares counts). Only
+        the settings this tool records are taken from the manifest."""
         try:
             read = read_archive(archive)
         except UnsupportedArchive:
             return None
-        return cls(copy_columns(read), read.encoding, dict(settings or {}), source_major)
+        recorded = {name: value for name, value in (settings or {}).items() if name in OUTPUT_SETTINGS}
+        return cls(copy_columns(read), read.encoding, recorded, source_major)
 
 
 @dataclass
@@ -216,16 +218,15 @@ def _stream_once(psql: str, dsn: str, settings: dict[str, str], encoding: str | 
     with tempfile.TemporaryDirectory(prefix="pgbd-hash-") as tmp:
         path = Path(tmp) / "copy.sql"
         path.write_bytes(b"".join(script))
-        with open(Path(tmp) / "stderr", "w+b") as err:
-            proc = subprocess.Popen([psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", safe, "-f", str(path)],
-                                    stdout=subprocess.PIPE, stderr=err, env=env)
-            assert proc.stdout is not None
-            try:
-                while chunk := proc.stdout.read(1 << 20):
-                    segments.feed(chunk)
-            finally:
-                proc.stdout.close()
-                proc.wait()
+        proc = subprocess.Popen([psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", safe, "-f", str(path)],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)  # a failure shows as -1
+        assert proc.stdout is not None
+        try:
+            while chunk := proc.stdout.read(1 << 20):
+                segments.feed(chunk)
+        finally:
+            proc.stdout.close()
+            proc.wait()
     return segments.found
 
 
@@ -236,8 +237,7 @@ def restored_content(dsn: str, spec: ContentSpec, tables: list[tuple[str, str]],
         return []
     with dump_like_session(dsn, spec) as (conn, unset):
         statements = [_copy_statement(conn, spec, schema, table) for schema, table in tables]
-    settings = {name: value for name, value in {**DUMP_SESSION, **spec.settings}.items()
-                if name not in unset and name in (*DUMP_SESSION, *OUTPUT_SETTINGS)}
+    settings = {name: value for name, value in {**DUMP_SESSION, **spec.settings}.items() if name not in unset}
     size = -(-len(statements) // max(1, min(workers, len(statements))))
     parts = [statements[i : i + size] for i in range(0, len(statements), size)]
     with ThreadPoolExecutor(max_workers=len(parts)) as pool:
