@@ -333,3 +333,20 @@ def test_the_archive_reader_and_the_table_split_take_the_same_hashes(published, 
     by_name = {keys[oid]: sha for oid, (sha, _) in digests.items() if oid in keys}
     tables = manifest_of(published)["tables"]
     assert by_name == {(t["schema"], t["table"]): t["sha256"] for t in tables}
+
+
+def test_a_version_1_backup_verifies_by_counts_and_says_so(published, tmp_path):
+    copy = tampered_copy(published, tmp_path / "copy", MOVED_DATA, lambda data: data)
+    assert copy.folder is not None
+    document = json.loads((copy.folder / "manifest.json").read_text())
+    document["format_version"] = 1
+    del document["copy_settings"]
+    for table in document["tables"]:
+        table.pop("sha256")
+    (copy.folder / "manifest.json").write_text(json.dumps(document))
+    result = cli(copy, "verify", copy.backup_id, "--full-restore")
+    assert result.exit_code == 0, result.output
+    tables = len(document["tables"])
+    assert "0 differ, 0 identical in content" in result.output
+    assert "compared by count only (no content hash recorded for it): " in result.output
+    assert f"and {tables - 10} more" in result.output

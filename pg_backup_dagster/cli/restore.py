@@ -38,8 +38,12 @@ def verify(
             content = ", content differs" if row.get("content") == "differs" else ""
             typer.echo(f"  {row['schema']}.{row['table']}: expected {row['expected']} rows, restored "
                        f"{row['restored']}{content}", err=True)
+        by_reason: dict[str, list[str]] = {}
         for table, why in r.not_compared.items():
-            typer.echo(f"  {table}: count only ({why})")
+            by_reason.setdefault(why, []).append(table)
+        for why, tables in by_reason.items():
+            shown = ", ".join(tables[:10]) + (f" and {len(tables) - 10} more" if len(tables) > 10 else "")
+            typer.echo(f"  compared by count only ({why}): {shown}")
         if r.amcheck is not None:
             typer.echo(f"  amcheck: {r.amcheck.unavailable or f'{r.amcheck.checked} B-tree indexes checked'}")
             for bad in r.amcheck.corrupt:
