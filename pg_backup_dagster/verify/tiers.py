@@ -84,8 +84,9 @@ def _description(report: RestoreReport) -> str:
     if problems:
         return "; ".join(problems)
     identical = sum(1 for r in report.tables if r.get("content") == IDENTICAL)
-    indexes = (f", {report.amcheck.checked} B-tree indexes sound" if report.amcheck and not report.amcheck.unavailable
-               else "")
+    indexes = "" if report.amcheck is None else (
+        ", amcheck unavailable on the check server" if report.amcheck.unavailable
+        else f", {report.amcheck.checked} B-tree indexes sound")
     return (f"restored {len(report.tables)} tables with identical row counts ({identical} also identical in "
             f"content){indexes} in {report.seconds:.1f}s")
 
@@ -109,6 +110,7 @@ def check_full_restore(
         accepted_errors=list(source.accepted_restore_errors), stub_roles=stub_roles, content=spec, amcheck=True,
     )
     rows = sum(max(r["restored"], 0) for r in report.tables)
+    content = _content_metadata(report, spec)
     amcheck = report.amcheck.summary() if report.amcheck else {"amcheck": "not run: the restore failed"}
     budget = source.rto_budget_seconds
     warning = (f"restore took {report.seconds:.1f}s, over the RTO budget of {budget:g}s"
@@ -123,7 +125,7 @@ def check_full_restore(
             **({"rto_budget_s": budget, "rto_exceeded": warning is not None} if budget is not None else {}),
             "tables_checked": len(report.tables),
             "tables_differing": len(report.differing),
-            **_content_metadata(report, spec),
+            **content,
             **amcheck,
             **({"corrupt_indexes": report.amcheck.corrupt} if report.amcheck and report.amcheck.corrupt else {}),
             "restore_errors": len(report.errors),
@@ -132,7 +134,7 @@ def check_full_restore(
         },
         details={"restore_seconds": round(report.seconds, 3), "tables_checked": len(report.tables),
                  "differing": report.differing, "errors": report.errors, "accepted_errors": report.accepted_errors,
-                 "content_not_compared": _content_metadata(report, spec)["content_not_compared"],
+                 "content_not_compared": content["content_not_compared"],
                  **amcheck, "corrupt_indexes": report.amcheck.corrupt if report.amcheck else []},
         seconds=time.monotonic() - started,
         warning=warning,
