@@ -28,8 +28,10 @@ from pg_backup_dagster.pg.sql import quote_ident
 from pg_backup_dagster.pg.tools import PgTools
 from pg_backup_dagster.restore.run import RestoreRequest, restore_backup
 from pg_backup_dagster.tiers.catalog import fetch_table_catalog
+from pg_backup_dagster.tiers.content import archive_digests, output_settings
 from pg_backup_dagster.tiers.live_split import split_archive
 from pg_backup_dagster.verify.check_server import choose_check_server
+from pg_backup_dagster.verify.content import ContentSpec
 from pg_backup_dagster.verify.test_restore import restore_and_compare
 
 DSN_ENV = "PGBD_BENCH_SOURCE_DSN"
@@ -154,17 +156,42 @@ def split_only(tools: PgTools, dsn: str, archive: Path, out_dir: Path) -> dict:
     return {**sample.as_dict(), "catalog_seconds": round(catalog_sample.seconds, 3), "tables": len(result.tables)}
 
 
-def restore_check(tools: PgTools, archive: Path, expected: list[dict], restore_url: str | None, jobs: int) -> dict:
-    """`restore_and_compare` as the full_dump check calls it; restore_url None means an ephemeral local server."""
+def restore_check(
+    tools: PgTools, archive: Path, expected: list[dict], restore_url: str | None, jobs: int, source_dsn: str | None,
+    amcheck: bool | None = None,
+) -> dict:
+    """`restore_and_compare` as the full_dump check calls it: with `source_dsn`, content hashes (taken from the
+    archive before the clock starts) and amcheck (unless `amcheck` is False), as it runs since issue 17; without,
+    counts only, as before it. restore_url None means an ephemeral local server."""
+    spec = None
+    if source_dsn is not None:
+        expected, spec = with_content(source_dsn, archive, expected)
     with measured() as sample:
         server = choose_check_server(archive, restore_url, tools.major)
-        report = restore_and_compare(tools, archive, expected, server=server, jobs=jobs)
+        report = restore_and_compare(tools, archive, expected, server=server, jobs=jobs, content=spec,
+                                     amcheck=spec is not None if amcheck is None else amcheck)
+    identical = sum(1 for row in report.tables if row.get("content") == "identical")
     return {
         **sample.as_dict(),
-        "passed": report.passed,
+        "passed": report.passed and (spec is None or identical == len(report.tables)),
         "pg_restore_seconds": round(report.seconds, 3),
         "tables_checked": len(report.tables),
+        "tables_content_identical": identical,
+        "indexes_amchecked": report.amcheck.checked if report.amcheck else 0,
     }
+
+
+def with_content(dsn: str, archive: Path, expected: list[dict]) -> tuple[list[dict], ContentSpec | None]:
+    """The expected rows with the archive's content hashes, and what comparing them needs, as a backup records it."""
+    digests = archive_digests(archive)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        names = {oid: (schema, table) for oid, schema, table in conn.execute(
+            "SELECT c.oid::int, n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relkind = 'r'")}
+        settings, major = output_settings(conn), conn.info.server_version // 10000
+    hashes = {names[oid]: sha for oid, (sha, _) in digests.items() if oid in names}
+    rows = [{**row, "sha256": hashes.get((row["schema"], row["table"]))} for row in expected]
+    return rows, ContentSpec.of_archive(archive, settings, major)
 
 
 def restore_published(source: SourceConfig, target_dsn: str) -> dict:

@@ -294,7 +294,7 @@ def load_table_tier(work: Path, backup: dict[str, Any]) -> dict[str, Any] | None
         return None
     tier = json.loads(state.read_text())
     tables = {(t["schema"], t["table"]): TableDump(t["schema"], t["table"], t["files"], t.get("rows") or 0,
-                                                   [tuple(p) for p in t.get("after", [])]) for t in tier["tables"]}
+                                                   after=[tuple(p) for p in t.get("after", [])]) for t in tier["tables"]}
     return {"mode": "staging", "folder": folder, "tables": tables, "schema_objects": tier.get("schema_objects") or {}}
 
 

@@ -84,6 +84,14 @@ def ratios(results: dict) -> list[Ratio]:
             )
         )
         rows.append(
+            _row(
+                f"restore check, content hashes + amcheck / counts only ({n} tables)",
+                meas["restore_check_server"]["seconds"],
+                meas["restore_check_server_counts_only"]["seconds"],
+                1.15,
+            )
+        )
+        rows.append(
             _row(f"per-table split alone / bare pg_dump -Fc ({n} tables)", meas["split"]["seconds"], dump, None)
         )
     rows.append(

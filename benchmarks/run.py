@@ -120,9 +120,14 @@ def measure_dataset(
         "bare_pg_restore": lambda: baselines.bare_restore(
             tools, archive, restore_server.dsn(), restore_server.dsn("bare_restore"), source.restore_jobs
         ).as_dict(),
-        "restore_check_ephemeral": lambda: ours.restore_check(tools, archive, expected, None, source.restore_jobs),
+        "restore_check_ephemeral": lambda: ours.restore_check(
+            tools, archive, expected, None, source.restore_jobs, dsn
+        ),
         "restore_check_server": lambda: ours.restore_check(
-            tools, archive, expected, restore_server.dsn(), source.restore_jobs
+            tools, archive, expected, restore_server.dsn(), source.restore_jobs, dsn
+        ),
+        "restore_check_server_counts_only": lambda: ours.restore_check(
+            tools, archive, expected, restore_server.dsn(), source.restore_jobs, None
         ),
         "split": split,
         "schema_dumps_alone": schema_dumps,

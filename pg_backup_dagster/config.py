@@ -42,6 +42,7 @@ LOCK_TIMEOUT_ENV = "PG_BACKUP_LOCK_TIMEOUT_SECONDS"
 MAX_RUNTIME_ENV = "PG_BACKUP_MAX_RUNTIME_MINUTES"  # minutes, or `off` for no limit
 ACCEPTED_RESTORE_ERRORS_ENV = "PG_BACKUP_ACCEPTED_RESTORE_ERRORS"  # one regex per line
 UNVERIFIABLE_ENV = "PG_BACKUP_UNVERIFIABLE"  # fail (default) or warn
+RTO_BUDGET_ENV = "PG_BACKUP_RTO_BUDGET_SECONDS"  # the env-configured source: restore time budget of its check
 DAGSTER_PG_URL_ENV = "DAGSTER_PG_URL"
 DAGSTER_HOME_ENV = "DAGSTER_HOME"
 
@@ -95,6 +96,7 @@ class SourceConfig:
     dir_mode: int = PRIVATE_DIR_MODE  # local targets: mode of every folder created, `.staging` included
     retention_verify: str = "size"  # what retention re-checks before deleting: "size" (and existence) or "sha256"
     unverifiable: str = "fail"  # no check server can restore the backup: fail, or warn and publish it unverified
+    rto_budget_seconds: float | None = None  # a test restore slower than this warns (never blocks the backup)
 
     def __post_init__(self) -> None:
         _check(SOURCE_NAME_RE.match(self.name) is not None, "name", f"{self.name!r} must match [a-z][a-z0-9_]*")
@@ -131,6 +133,8 @@ class SourceConfig:
                 object.__setattr__(self, name, parse_mode(name, getattr(self, name), directory=name == "dir_mode"))
             except BackupError as exc:
                 raise BackupError(f"invalid config field '{name}': {exc}") from None
+        _check(self.rto_budget_seconds is None or (_is_number(self.rto_budget_seconds) and self.rto_budget_seconds > 0),
+               "rto_budget_seconds", "must be a positive number of seconds, or null for no budget")
         _check(self.retention_verify in RECHECK_MODES, "retention_verify",
                f"{self.retention_verify!r} must be one of {', '.join(RECHECK_MODES)}")
         for pattern in self.accepted_restore_errors:
@@ -282,6 +286,8 @@ def source_from_env(env: dict[str, str]) -> SourceConfig:
         values["accepted_restore_errors"] = [p for p in env[ACCEPTED_RESTORE_ERRORS_ENV].splitlines() if p.strip()]
     if env.get(UNVERIFIABLE_ENV):
         values["unverifiable"] = env[UNVERIFIABLE_ENV].strip().lower()
+    if env.get(RTO_BUDGET_ENV):
+        values["rto_budget_seconds"] = _number_env(env, RTO_BUDGET_ENV, float)
     return source_from_mapping(values, "from environment")
 
 

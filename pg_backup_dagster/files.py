@@ -209,6 +209,11 @@ def remove_path(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def throughput(size: float, seconds: float) -> float:
+    """MiB/s, rounded; 0 for instant steps."""
+    return round(size / (1 << 20) / seconds, 2) if seconds > 0 else 0.0
+
+
 def human_bytes(size: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if size < 1024 or unit == "TiB":

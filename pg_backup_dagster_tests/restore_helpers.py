@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import os
 import re
+import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +74,33 @@ def back_up(
     assert outcome.success, outcome.errors
     folder = None if target.startswith("s3://") else Path(target) / name / outcome.backup_id
     return Published(source, outcome.backup_id, folder, env)
+
+
+def tampered_copy(published: Published, root: Path, relpath: str, change: Callable[[bytes], bytes]) -> Published:
+    """A copy of the published backup with one file changed and its sha256 updated in manifest.json and
+    SHA256SUMS, so verification passes: what a compromised source or storage could publish."""
+    shutil.copytree(published.source.target, root, symlinks=True)
+    folder = root / published.source.name / published.backup_id
+    path = folder / relpath
+    path.write_bytes(change(path.read_bytes()))
+    manifest = json.loads((folder / "manifest.json").read_text())
+
+    def refresh(rel: str) -> str:
+        data = (folder / rel).read_bytes()
+        entry = next(e for e in manifest["files"] if e["path"] == rel)
+        entry["size"], entry["sha256"] = len(data), hashlib.sha256(data).hexdigest()
+        return entry["sha256"]
+
+    digest = refresh(relpath)
+    sums = folder / "SHA256SUMS"
+    sums.write_text(
+        "".join(f"{digest}  {relpath}\n" if line.endswith(f"  {relpath}") else line + "\n"
+                for line in sums.read_text().splitlines())
+    )
+    refresh("SHA256SUMS")
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    source = dataclasses.replace(published.source, target=str(root))
+    return Published(source, published.backup_id, folder, published.env)
 
 
 def cli(published: Published, *args: str, env: dict[str, str] | None = None):

@@ -15,6 +15,7 @@ PER_DATASET = (
     "bare_pg_restore",
     "restore_check_ephemeral",
     "restore_check_server",
+    "restore_check_server_counts_only",
     "split",
     "schema_dumps_alone",
     "job_checks_off",
@@ -64,6 +65,8 @@ def test_json_holds_every_measurement(quick_run):
         assert measurements["restore_s3"]["s3_requests"] > 0
         assert measurements["job_checks_off"]["success"] and not measurements["job_checks_off"]["checks"]
         assert measurements["restore_check_ephemeral"]["passed"] and measurements["restore_check_server"]["passed"]
+        assert measurements["restore_check_server"]["tables_content_identical"] == results["datasets"][name]["tables"]
+        assert measurements["restore_check_server_counts_only"]["tables_content_identical"] == 0
         assert measurements["split"]["tables"] == results["datasets"][name]["tables"]
         assert measurements["job_checks_on"]["peak_rss_mb"] > 0
     gzip = results["measurements"]["main"]["compression"]["gzip"]
@@ -76,3 +79,15 @@ def test_scaling_plot_is_a_png(quick_run):
     out, _ = quick_run
     png = (out / "scaling.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
+
+
+def test_content_cost_compares_the_check_with_and_without_content():
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.content_cost", "--shape", "2x3x50", "--repeats", "1"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "identical in content 6/6, indexes amchecked 12" in result.stdout
+    assert "identical in content 6/6, indexes amchecked 0" in result.stdout
+    assert "6 tables, 300 rows: content hashes / counts only = " in result.stdout
+    assert "6 tables, 300 rows: content + amcheck / counts only = " in result.stdout

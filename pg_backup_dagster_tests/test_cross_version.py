@@ -4,6 +4,8 @@ tier) and with RESTORE.md's commands, although pg_dump 18 writes lines a 15 serv
 
 from __future__ import annotations
 
+import json
+
 import psycopg
 import pytest
 
@@ -33,6 +35,9 @@ def test_backup_was_written_by_pg_dump_18(version_case):
     with psycopg.connect(dsn) as conn:
         assert conn.info.server_version // 10000 == 15
     assert "pg_dump 18" in (published.folder / "RESTORE.md").read_text()
+    full = json.loads((published.folder / "manifest.json").read_text())["checks"]["full_dump_restores"]
+    assert full["content_not_compared"] == {}, "15 and 18 print every type alike: all rows proven by content"
+    assert "also identical in content" in full["description"]
 
 
 def test_verify_with_full_test_restore(version_case):

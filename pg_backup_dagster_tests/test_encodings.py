@@ -59,8 +59,11 @@ def test_backup_and_restore_of_a_non_utf8_database(pg18, tmp_path: Path, encodin
     assert ("café", "thé") in expected and expected[("café", "thé")][0] == (1, "brûlée 1")
 
     published = back_up(monkeypatch, f"enc_{encoding.lower()}", source_dsn, str(tmp_path / "target"), pg18.dsn())
-    manifest_names = {(t["schema"], t["table"]) for t in _manifest_tables(published.folder)}
+    manifest_names = {(t["schema"], t["table"]) for t in _manifest(published.folder)["tables"]}
     assert ("café", "thé") in manifest_names
+    for check in ("full_dump_restores", "table_dumps_restore"):  # rows proven by content in the dump's encoding
+        record = _manifest(published.folder)["checks"][check]
+        assert record["content_not_compared"] == {} and "also identical in content" in record["description"]
 
     whole = _database(pg18, encoding, "encfull")
     result = cli(published, "restore", published.backup_id, env={"PG_BACKUP_RESTORE_TO": whole})
@@ -75,9 +78,8 @@ def test_backup_and_restore_of_a_non_utf8_database(pg18, tmp_path: Path, encodin
     assert _schemas(one) == {"public", "café"}, "no schema with a garbled name"
 
 
-def _manifest_tables(folder: Path | None) -> list[dict]:
+def _manifest(folder: Path | None) -> dict:
     import json
 
     assert folder is not None
-    manifest = json.loads((folder / "manifest.json").read_text())
-    return manifest.get("tables") or []
+    return json.loads((folder / "manifest.json").read_text())

@@ -5,16 +5,12 @@ backup content really carrying a psql meta-command, PostgreSQL 16 grant syntax r
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import hashlib
-import json
 import os
-import shutil
 import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,7 +22,7 @@ from psycopg.conninfo import conninfo_to_dict
 from pg_backup_dagster.pg.local_server import LocalPostgres, ephemeral_server
 from pg_backup_dagster_tests.fixtures.postgres import running_server
 from pg_backup_dagster_tests.helpers import PG15_BIN, create_database, table_fingerprints
-from pg_backup_dagster_tests.restore_helpers import Published, back_up, cli
+from pg_backup_dagster_tests.restore_helpers import Published, back_up, cli, tampered_copy
 
 PID = os.getpid()
 PARENT, CHILD, ADMIN = f"pgbd_parent_{PID}", f"pgbd_child_{PID}", f"pgbd_admin_{PID}"
@@ -130,33 +126,6 @@ def kill_pg_restore_during_copy(server: LocalPostgres, *database_like: str) -> I
     finally:
         stop.set()
         thread.join(timeout=30)
-
-
-def tampered_copy(published: Published, root: Path, relpath: str, change: Callable[[bytes], bytes]) -> Published:
-    """A copy of the published backup with one file changed and its sha256 updated in manifest.json and
-    SHA256SUMS, so verification passes: what a compromised source or storage could publish."""
-    shutil.copytree(published.source.target, root, symlinks=True)
-    folder = root / published.source.name / published.backup_id
-    path = folder / relpath
-    path.write_bytes(change(path.read_bytes()))
-    manifest = json.loads((folder / "manifest.json").read_text())
-
-    def refresh(rel: str) -> str:
-        data = (folder / rel).read_bytes()
-        entry = next(e for e in manifest["files"] if e["path"] == rel)
-        entry["size"], entry["sha256"] = len(data), hashlib.sha256(data).hexdigest()
-        return entry["sha256"]
-
-    digest = refresh(relpath)
-    sums = folder / "SHA256SUMS"
-    sums.write_text(
-        "".join(f"{digest}  {relpath}\n" if line.endswith(f"  {relpath}") else line + "\n"
-                for line in sums.read_text().splitlines())
-    )
-    refresh("SHA256SUMS")
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    source = dataclasses.replace(published.source, target=str(root))
-    return Published(source, published.backup_id, folder, published.env)
 
 
 # --- 1. --clean never destroys a good database ------------------------------------------------------

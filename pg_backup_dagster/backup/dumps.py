@@ -21,7 +21,8 @@ from pg_backup_dagster.pg.profiles import filter_roles_sql, get_profile
 from pg_backup_dagster.pg.source import SourceDatabase, abandon_query
 from pg_backup_dagster.pg.sql import SYSTEM_SCHEMA_FILTER, quote_ident
 from pg_backup_dagster.tiers.archive import UnsupportedArchive, read_archive
-from pg_backup_dagster.tiers.catalog import fetch_table_catalog
+from pg_backup_dagster.tiers.catalog import TableCatalog, fetch_table_catalog
+from pg_backup_dagster.tiers.content import archive_digests, output_settings
 from pg_backup_dagster.tiers.paths import encode_segment
 from pg_backup_dagster.tiers.schema_cut import copy_archive_for_schema
 from pg_backup_dagster.tiers.table_tier import TableTierSplit
@@ -192,6 +193,7 @@ def dump_full_and_schemas(
                 split = TableTierSplit(pg.tools(), staging, catalog) if table_tier else None
                 following = pool.submit(split.follow, dump_done) if split else None
                 counts = exact_row_counts(conn, excluded)
+                copy_settings = output_settings(conn)
                 size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
                 try:
                     full_seconds = full.result()
@@ -208,17 +210,32 @@ def dump_full_and_schemas(
             schema_files = cut_schema_archives(staging, schemas)
         except UnsupportedArchive:
             schema_files = dump_schema_archives(pg, staging, schemas, snapshot)
+    tables = split.finish() if split is not None else None
+    hashes = content_hashes(staging, catalog, tables)
     dumps = DumpsState(
         snapshot=snapshot,
         full=DumpedFile(staging.full_dump.name, staging.full_dump.stat().st_size, full_seconds),
         schemas=schema_files,
-        row_counts=counts,
+        row_counts=[{**row, "sha256": hashes.get((row["schema"], row["table"]))} for row in counts],
+        copy_settings=copy_settings,
         database_size=size,
         server_major=server_major,
         pg_dump_version=pg.tools().version,
         seconds=time.monotonic() - started,
     )
-    return dumps, split.finish() if split is not None else None
+    return dumps, tables
+
+
+def content_hashes(staging: Staging, catalog: TableCatalog, tables: TablesState | None) -> dict[tuple[str, str], str]:
+    """(schema, table) -> content hash of its rows: taken by the table split while it copied them, else by one
+    read of the finished archive's data blocks (none for archives that reader does not know)."""
+    if tables is not None:
+        return {(t.schema, t.table): t.sha256 for t in tables.tables if t.sha256}
+    try:
+        digests = archive_digests(staging.full_dump)
+    except UnsupportedArchive:
+        return {}
+    return {(info.schema, info.table): digests[info.oid][0] for info in catalog.tables if info.oid in digests}
 
 
 def cut_schema_archives(staging: Staging, schemas: list[str]) -> list[DumpedFile]:

@@ -1,7 +1,8 @@
 """manifest.json: the contract between backup, verify, restore and retention, as one validated model.
 
 Written last; a backup exists only when it does. Every file is listed with its tier, identity, size and
-sha256 (and, when age-encrypted, where its ciphertext lives and the plaintext's size and sha256). Every
+sha256 (and, when age-encrypted, where its ciphertext lives and the plaintext's size and sha256); every table
+with its row count and the content hash of its rows (format 2; format 1 manifests, without them, still read). Every
 reader parses it through `parse_manifest`, so a manifest that is tampered with, truncated or of another
 format version is refused in one place with one clear error.
 """
@@ -21,7 +22,7 @@ from pg_backup_dagster.backup.state import CheckRecord, RowCount
 from pg_backup_dagster.errors import BackupError, one_line
 
 MANIFEST_NAME = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added per-table content hashes and copy_settings; version 1 manifests still read
 ENCRYPTED_SUFFIX = ".age"
 
 
@@ -85,7 +86,8 @@ class FileEntry:
 
 @dataclass(frozen=True)
 class TableRows(RowCount):
-    """Rows of one table as pg_dump saw them, and as the per-table files hold them (None: tier not taken)."""
+    """Rows of one table as pg_dump saw them (count and content hash), and as the per-table files hold them (None:
+    tier not taken)."""
 
     rows_in_table_files: int | None = None
 
@@ -116,7 +118,7 @@ class Manifest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    format_version: Literal[1] = FORMAT_VERSION
+    format_version: Literal[1, 2] = FORMAT_VERSION
     tool: ToolInfo = ToolInfo()
     source: str
     profile: str
@@ -127,6 +129,7 @@ class Manifest(BaseModel):
     pg_dump_version: str
     snapshot: str
     database_size: int | None = None
+    copy_settings: dict[str, str] | None = None  # the dump session's settings its COPY text depends on
     files: list[FileEntry]
     tables: list[TableRows]
     checks: dict[str, CheckRecord]
@@ -141,7 +144,7 @@ class Manifest(BaseModel):
     @model_serializer(mode="wrap")
     def _without_absent_keys(self, handler: Any) -> dict[str, Any]:
         document = handler(self)
-        for key in ("encryption", "signature"):
+        for key in ("encryption", "signature", "copy_settings"):
             if document.get(key) is None:
                 document.pop(key, None)
         return document

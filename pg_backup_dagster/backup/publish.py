@@ -73,7 +73,9 @@ def build_manifest(source: str, profile: str, staging: Staging, digests: dict[st
         snapshot=dumps.snapshot,
         database_size=dumps.database_size,
         files=[FileEntry(path=rel, size=d.size, sha256=d.sha256, **identities[rel]) for rel, d in digests.items()],
-        tables=[TableRows(r.schema, r.table, r.rows, split_rows.get(r.key)) for r in dumps.row_counts],
+        tables=[TableRows(r.schema, r.table, r.rows, r.sha256, rows_in_table_files=split_rows.get(r.key))
+                for r in dumps.row_counts],
+        copy_settings=dumps.copy_settings or None,
         checks=checks,
         passed=bool(checks) and all(check.publishable for check in checks.values()),
     )

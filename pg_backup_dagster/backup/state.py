@@ -16,11 +16,13 @@ from pg_backup_dagster.tiers.table_split import TableDump
 
 @dataclass(frozen=True)
 class RowCount:
-    """count(*) of one table inside the backup's snapshot: what a restore must reproduce."""
+    """count(*) of one table inside the backup's snapshot, and the content hash of its rows in the full archive
+    (tiers/content.py; None when unknown): what a restore must reproduce."""
 
     schema: str
     table: str
     rows: int
+    sha256: str | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -52,6 +54,7 @@ class DumpsState(StepState):
     full: DumpedFile
     schemas: list[DumpedFile]
     row_counts: list[RowCount]
+    copy_settings: dict[str, str] = {}  # the dump session's settings its COPY text depends on (tiers/content.py)
     database_size: int
     server_major: int
     pg_dump_version: str

@@ -32,15 +32,26 @@ def verify(
     if report.restore is not None:
         r = report.restore
         verdict = "passed" if r.passed else "FAILED"
+        identical = sum(1 for row in r.tables if row.get("content") == "identical")
         where = f" on {r.server}" if r.server else ""
-        typer.echo(f"test restore {verdict}{where}: {len(r.tables)} tables, {len(r.differing)} differ, {r.seconds:.1f}s")
+        typer.echo(f"test restore {verdict}{where}: {len(r.tables)} tables, {len(r.differing)} differ, {identical} "
+                   f"identical in content, {r.seconds:.1f}s")
         for error in r.errors:
             typer.echo(f"  pg_restore: {error}", err=True)
         for row in r.differing:
-            typer.echo(
-                f"  {row['schema']}.{row['table']}: expected {row['expected']} rows, restored {row['restored']}",
-                err=True,
-            )
+            content = ", content differs" if row.get("content") == "differs" else ""
+            typer.echo(f"  {row['schema']}.{row['table']}: expected {row['expected']} rows, restored "
+                       f"{row['restored']}{content}", err=True)
+        by_reason: dict[str, list[str]] = {}
+        for table, why in r.not_compared.items():
+            by_reason.setdefault(why, []).append(table)
+        for why, tables in by_reason.items():
+            shown = ", ".join(tables[:10]) + (f" and {len(tables) - 10} more" if len(tables) > 10 else "")
+            typer.echo(f"  compared by count only ({why}): {shown}")
+        if r.amcheck is not None:
+            typer.echo(f"  amcheck: {r.amcheck.unavailable or f'{r.amcheck.checked} B-tree indexes checked'}")
+            for bad in r.amcheck.corrupt:
+                typer.echo(f"  corrupt index {bad['index']}: {bad['error']}", err=True)
     if report.note:
         typer.echo(f"note: {report.note}", err=True)
     if not report.passed:

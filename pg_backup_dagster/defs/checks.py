@@ -27,17 +27,22 @@ from pg_backup_dagster.verify import tiers as verify_tiers
 
 
 def _result(context, step: StepContext, name: str, outcome: verify_tiers.CheckOutcome) -> dg.AssetCheckResult:
+    """ERROR when the check failed (blocking); a passed check with a warning (a restore over its RTO budget) is a
+    WARN result, which Dagster shows as a warning and which blocks nothing; the manifest records it as passed."""
     step.staging.save_check(name, outcome.record())
+    metadata = {k: row_counts_table(v) if k == "row_counts" else v for k, v in outcome.metadata.items()}
     if outcome.unverified:
         context.log.warning(f"check {name} unverified: {outcome.description}")
-    elif not outcome.passed:
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN, metadata=metadata,
+                                   description=outcome.description)
+    if not outcome.passed:
         context.log.error(f"check {name} failed: {outcome.description}")
-    return dg.AssetCheckResult(
-        passed=outcome.passed,
-        severity=dg.AssetCheckSeverity.WARN if outcome.unverified else dg.AssetCheckSeverity.ERROR,
-        description=outcome.description,
-        metadata={k: row_counts_table(v) if k == "row_counts" else v for k, v in outcome.metadata.items()},
-    )
+    elif outcome.warning:
+        context.log.warning(f"check {name}: {outcome.warning}")
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN, metadata=metadata,
+                                   description=f"warning: {outcome.warning}; {outcome.description}")
+    return dg.AssetCheckResult(passed=outcome.passed, severity=dg.AssetCheckSeverity.ERROR,
+                               description=outcome.description, metadata=metadata)
 
 
 def stub_roles(source: SourceConfig, step: StepContext) -> tuple[str, ...]:

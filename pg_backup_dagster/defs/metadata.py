@@ -9,12 +9,7 @@ import dagster as dg
 from pg_backup_dagster.backup.publish import Published
 from pg_backup_dagster.backup.staging import Staging
 from pg_backup_dagster.backup.state import DumpedFile, DumpsState, TablesState
-from pg_backup_dagster.files import human_bytes
-
-
-def throughput(size: int, seconds: float) -> float:
-    """MiB/s, rounded; 0 for instant steps."""
-    return round(size / (1 << 20) / seconds, 2) if seconds > 0 else 0.0
+from pg_backup_dagster.files import human_bytes, throughput
 
 
 def roles_metadata(staging: Staging, dumped: DumpedFile) -> dict:
@@ -107,12 +102,13 @@ def published_metadata(published: Published) -> dict:
 
 
 def row_counts_table(rows: list[dict]) -> dg.TableMetadataValue:
-    """Per-table expected vs restored counts, shown in a check's metadata."""
+    """Per-table expected vs restored counts and the content comparison, shown in a check's metadata."""
     return dg.MetadataValue.table(
         [dg.TableRecord({"schema": r["schema"], "table": r["table"], "expected": r["expected"],
-                         "restored": r["restored"]}) for r in rows],
+                         "restored": r["restored"], "content": r.get("content", "")}) for r in rows],
         schema=dg.TableSchema(columns=[
             dg.TableColumn("schema", "string"), dg.TableColumn("table", "string"),
             dg.TableColumn("expected", "int"), dg.TableColumn("restored", "int"),
+            dg.TableColumn("content", "string"),
         ]),
     )

@@ -116,8 +116,11 @@ def run_backup(
             error = event.step_failure_data.error
             outcome.errors.append(f"{event.step_key}: {_error_line(error)}")
     for evaluation in result.get_asset_check_evaluations():
-        outcome.checks[evaluation.check_name] = (evaluation.passed, evaluation.description or "")
-        if not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.WARN:
+        description = evaluation.description or ""
+        warned = evaluation.severity == dg.AssetCheckSeverity.WARN and not evaluation.passed  # never blocks
+        unverified = warned and description.startswith("UNVERIFIED")  # no check server could restore it
+        outcome.checks[evaluation.check_name] = (evaluation.passed or (warned and not unverified), description)
+        if unverified:
             outcome.unverified.append(evaluation.check_name)
     return outcome
 

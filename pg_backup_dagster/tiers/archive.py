@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import io
 import re
+import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -101,6 +103,7 @@ class TocEntry:
     tag: bytes | None = None
     namespace: bytes | None = None
     copy_stmt: bytes | None = None
+    defn: bytes | None = None  # kept for the ENCODING entry only (the client encoding pg_dump wrote data in)
     listing: str = ""  # the line `pg_restore -l` printed, names included (for people only)
 
     @property
@@ -127,6 +130,13 @@ class Archive:
         for entry in self.entries:
             grouped.setdefault(entry.namespace, []).append(entry)
         return grouped
+
+    @cached_property
+    def encoding(self) -> str | None:
+        """The client encoding pg_dump wrote names and rows in (its ENCODING entry), e.g. `UTF8`."""
+        entry = next((e for e in self.entries if e.desc == "ENCODING"), None)
+        match = re.search(rb"client_encoding = '([^']+)'", entry.defn or b"") if entry else None
+        return match[1].decode() if match else None
 
     @cached_property
     def dump_ids(self) -> set[int]:
@@ -201,7 +211,7 @@ def _read_entry(reader: ArchiveReader, version: tuple[int, int]) -> TocEntry:
     reader.int()  # section
     for name in ("defn", "drop", "copy", "namespace", "tablespace", "tableam"):
         value = reader.str()
-        if name in ("copy", "namespace"):
+        if name in ("copy", "namespace") or (name == "defn" and values["desc"] == b"ENCODING"):
             values[name] = value
     if version >= (1, 16):
         reader.int()  # relkind
@@ -215,8 +225,36 @@ def _read_entry(reader: ArchiveReader, version: tuple[int, int]) -> TocEntry:
     return TocEntry(
         dump_id, int(values["tableoid"] or 0), int(values["oid"] or 0), (values["desc"] or b"").decode(), deps,
         fields_span=(start, end), offset_state=state, offset=offset, tag=values["tag"],
-        namespace=values["namespace"], copy_stmt=values["copy"],
+        namespace=values["namespace"], copy_stmt=values["copy"], defn=values.get("defn"),
     )
+
+
+def block_chunks(reader: ArchiveReader) -> Iterator[bytes]:
+    """The stored chunks of one data block (the reader is just past its dump id), up to its zero length."""
+    while size := reader.int():
+        yield reader.raw(size)
+
+
+def block_data(chunks: Iterable[bytes], compression: int, what: str) -> Iterator[bytes]:
+    """A block's bytes as pg_dump wrote them: its chunks, inflated when the archive is gzip-compressed."""
+    inflate = zlib.decompressobj() if compression == COMPRESSION_GZIP else None
+    for chunk in chunks:
+        yield inflate.decompress(chunk) if inflate is not None else chunk
+    if inflate is not None:
+        yield inflate.flush()
+        if not inflate.eof:
+            raise BackupError(f"full archive: data of {what} is a truncated zlib stream")
+
+
+def skip_block(reader: ArchiveReader, block_type: int) -> None:
+    """Read past a block nobody asked for (a table not in this tier, large objects)."""
+    if block_type == BLOCK_LARGE_OBJECTS:
+        while reader.int():  # one large object's oid, then its chunks; oid 0 ends the block
+            for _ in block_chunks(reader):
+                pass
+    else:
+        for _ in block_chunks(reader):
+            pass
 
 
 def write_subset(source: Path, archive: Archive, entries: list[TocEntry], dest: Path) -> None:

@@ -17,24 +17,27 @@ from __future__ import annotations
 import tempfile
 import threading
 import time
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 from pg_backup_dagster.errors import BackupError
 from pg_backup_dagster.tiers.archive import (
-    BLOCK_LARGE_OBJECTS,
     BLOCK_TABLE_DATA,
     COMPRESSION_GZIP,
     COMPRESSION_NONE,
+    DATA_BLOCKS,
     OFFSET_NO_DATA,
     Archive,
     ArchiveReader,
     UnsupportedArchive,
+    block_chunks,
+    block_data,
     read_toc,
+    skip_block,
 )
 from pg_backup_dagster.tiers.catalog import TableCatalog
+from pg_backup_dagster.tiers.content import CopyDataDigest
 from pg_backup_dagster.tiers.table_split import (
     SplitPlan,
     SplitResult,
@@ -45,7 +48,6 @@ from pg_backup_dagster.tiers.table_split import (
     stream_entries,
 )
 
-COPY_END = b"\\.\n\n\n"  # what pg_dump writes after a table's rows: the end-of-data line and two blank lines
 _POLL_SECONDS = 0.02
 
 
@@ -167,6 +169,7 @@ class LiveSplit:
     env: dict[str, str] | None = None
     written: set[str] = field(default_factory=set)
     rows: dict[str, int] = field(default_factory=dict)
+    digests: dict[str, CopyDataDigest] = field(default_factory=dict)  # data.sql -> its rows' content hash
     _plan: SplitPlan | None = None
     _passes: _Passes | None = None
     _splitter: StreamSplitter | None = None
@@ -195,7 +198,8 @@ class LiveSplit:
                 self.written |= splitter.written
             self.rows.update(splitter.rows)
         header_footer = (self._splitter.file_header(), self._splitter.file_footer())
-        return describe_split(self.out_dir, self._plan, self.written, self.rows, header_footer, self.catalog)
+        hashes = {relpath: digest.hexdigest() for relpath, digest in self.digests.items()}
+        return describe_split(self.out_dir, self._plan, self.written, self.rows, header_footer, self.catalog, hashes)
 
     def discard(self) -> None:
         """Remove every file written so far: nothing may look like a finished split."""
@@ -236,8 +240,8 @@ class LiveSplit:
                         raise BackupError(f"full archive holds the data of TOC entry {dump_id} twice")
                     seen.add(dump_id)
                     self._write_table_rows(reader, dump_id, wanted[dump_id], self._passes.compression)
-                elif block[0] in (BLOCK_TABLE_DATA, BLOCK_LARGE_OBJECTS):
-                    _skip_block(reader, block[0])
+                elif block[0] in DATA_BLOCKS:
+                    skip_block(reader, block[0])
                 else:
                     raise BackupError(f"full archive: unknown data block type {block[0]} at entry {dump_id}")
         except UnsupportedArchive:
@@ -247,51 +251,27 @@ class LiveSplit:
             raise BackupError(f"full archive has no data for TOC entries {missing[:5]}: the per-table split is incomplete")
 
     def _write_table_rows(self, reader: ArchiveReader, dump_id: int, table: _TableRows, compression: int) -> None:
-        """Append one table's COPY statement and rows to its data.sql, then close it with the footer."""
+        """Append one table's COPY statement and rows to its data.sql, then close it with the footer; the rows'
+        content hash is taken on the way (tiers/content.py)."""
         assert self._splitter is not None
         relpath = table.relpath
         path = self.out_dir / relpath
         started = relpath in self.written
         self._splitter.ensure_dir(path.parent)
         self.written.add(relpath)
-        inflate = zlib.decompressobj() if compression == COMPRESSION_GZIP else None
-        newlines, tail = 0, b""
+        digest = self.digests.setdefault(relpath, CopyDataDigest())
+        rows_before, what = digest.rows, f"TOC entry {dump_id}"
         with path.open("ab" if started else "wb") as out:
             if not started:
                 out.write(self._splitter.file_header() + self._splitter.session_lines())
             out.write(b"\n--\n-- TOC entry %d (class 0 OID %d)\n-- Type: TABLE DATA\n--\n\n" % (dump_id, table.oid))
             out.write(table.copy_stmt)
-            while size := reader.int():
-                chunk = reader.raw(size)
-                data = inflate.decompress(chunk) if inflate else chunk
+            for data in block_data(block_chunks(reader), compression, what):
                 out.write(data)
-                newlines += data.count(b"\n")
-                tail = (tail + data)[-len(COPY_END):]
-            if inflate is not None:
-                rest = inflate.flush()
-                out.write(rest)
-                newlines += rest.count(b"\n")
-                tail = (tail + rest)[-len(COPY_END):]
-                if not inflate.eof:
-                    raise BackupError(f"full archive: data of TOC entry {dump_id} is a truncated zlib stream")
-            if tail != COPY_END:
-                raise BackupError(f"full archive: data of TOC entry {dump_id} does not end with COPY's end line")
+                digest.update(data)
+            digest.end_block(what)
             out.write(self._splitter.file_footer())
-        self.rows[relpath] = self.rows.get(relpath, 0) + newlines - COPY_END.count(b"\n")
-
-
-def _skip_block(reader: ArchiveReader, block_type: int) -> None:
-    """Read past a block nobody asked for (a table not in this tier, large objects)."""
-    if block_type == BLOCK_LARGE_OBJECTS:
-        while reader.int():  # one large object's oid, then its chunks; oid 0 ends the block
-            _skip_chunks(reader)
-    else:
-        _skip_chunks(reader)
-
-
-def _skip_chunks(reader: ArchiveReader) -> None:
-    while size := reader.int():
-        reader.raw(size)
+        self.rows[relpath] = self.rows.get(relpath, 0) + digest.rows - rows_before
 
 
 def split_archive(

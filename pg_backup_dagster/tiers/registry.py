@@ -29,7 +29,8 @@ ROLES = Tier(
 )
 FULL = Tier(
     "full", FULL_ASSET, "Whole database, pg_dump custom format, from the backup's snapshot.",
-    "full_dump_restores", "pg_restore -j into a throwaway database; exact row counts equal dump time.",
+    "full_dump_restores", "pg_restore -j into a throwaway database; exact row counts and content hashes equal dump "
+    "time; amcheck finds every B-tree index sound.",
     archive=True,
 )
 SCHEMA = Tier(
@@ -40,7 +41,8 @@ SCHEMA = Tier(
 TABLE = Tier(
     "table", TABLES_ASSET,
     "Per-table schema.sql/data.sql/post.sql/fk.sql split from the full archive while pg_dump writes it.",
-    "table_dumps_restore", "Every table has its files; each restores its exact rows into a scratch db.",
+    "table_dumps_restore", "Every table has its files; each restores its exact rows (count and content hash) into a "
+    "scratch db.",
     archive=False,
 )
 

@@ -10,9 +10,11 @@ attributed by oid and dependency, never by the printed names. Table data is stre
 
 from __future__ import annotations
 
+import hashlib
 import re
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -58,7 +60,8 @@ _TRANSACTION_CONTROL = re.compile(rb"^(?:BEGIN|COMMIT|END|START\s+TRANSACTION)\s
 
 @dataclass
 class TableDump:
-    """One table's files (kind -> path relative to the backup dir) and its dumped row count.
+    """One table's files (kind -> path relative to the backup dir), its dumped row count and content hash (the
+    sha256 of its COPY data as pg_dump wrote it, tiers/content.py; None when the archive holds no data for it).
 
     `after` lists the tables (inheritance/partition parents) whose files must run before this one's in
     every restore phase; `post_refs` and `fk_refs` the other tables its post.sql and fk.sql name (rules,
@@ -69,6 +72,7 @@ class TableDump:
     table: str
     files: dict[str, str]
     rows: int = 0
+    sha256: str | None = None
     after: list[tuple[str, str]] = field(default_factory=list)
     post_refs: list[tuple[str, str]] = field(default_factory=list)  # other tables its post.sql names
     fk_refs: list[tuple[str, str]] = field(default_factory=list)  # tables its foreign keys reference
@@ -309,6 +313,7 @@ class StreamSplitter:
         self.written: set[str] = set()
         self.made_dirs: set[Path] = set()
         self.rows: dict[str, int] = {}
+        self.hashes: dict[str, hashlib._Hash] = {}  # data.sql -> sha256 of its COPY data (tiers/content.py)
 
     def feed(self, reader: ChunkReader) -> None:
         """Route every line; COPY rows go straight to the current file, counted, never held."""
@@ -324,7 +329,8 @@ class StreamSplitter:
                 self.in_statement = not self.scanner.ends_statement
             if self.scanner.in_copy and kind is not LineKind.COPY_DATA:
                 assert self.current is not None and self.current_path is not None
-                self.rows[self.current_path] += reader.copy_data(self.current.write)
+                sha = self.hashes.setdefault(self.current_path, hashlib.sha256())
+                self.rows[self.current_path] += reader.copy_data(_tee(self.current.write, sha.update))
 
     def _top_line(self, line: bytes) -> None:
         header = _HEADER.match(line)
@@ -450,6 +456,14 @@ class StreamSplitter:
             raise BackupError("pg_restore stream ended inside a literal or COPY data: the split is not trusted")
 
 
+def _tee(*writers: Callable[[bytes], object]) -> Callable[[bytes], None]:
+    """One write that goes to each of writers (the file and the content hash)."""
+    def write(data: bytes) -> None:
+        for writer in writers:
+            writer(data)
+    return write
+
+
 def _file_wide_setting(line: bytes) -> bool:
     """A session setting every file repeats in its header (not one pg_restore selects per object)."""
     name = setting_name(line)
@@ -480,8 +494,9 @@ def split_in_one_pass(
         for relpath in splitter.written:  # never leave files that look like a finished split
             (out_dir / relpath).unlink(missing_ok=True)
         raise
+    hashes = {relpath: sha.hexdigest() for relpath, sha in splitter.hashes.items()}
     return describe_split(out_dir, plan, splitter.written, splitter.rows, (splitter.file_header(), splitter.file_footer()),
-                          catalog)
+                          catalog, hashes)
 
 
 def stream_entries(
@@ -523,6 +538,7 @@ def describe_split(
     rows: dict[str, int],
     header_footer: tuple[bytes, bytes],
     catalog: TableCatalog,
+    hashes: dict[str, str],
 ) -> SplitResult:
     """Describe what was written, creating the files a table or schema must always have."""
     header, footer = header_footer
@@ -540,8 +556,8 @@ def describe_split(
         parents = [(by_oid[p].schema, by_oid[p].table) for p in info.parents if p in by_oid]
         refs = {kind: sorted((by_oid[r].schema, by_oid[r].table) for r in plan.refs.get((oid, kind), ()) if r in by_oid)
                 for kind in ("post", "fk")}
-        tables.append(TableDump(info.schema, info.table, files, rows.get(files["data"], 0), parents,
-                                refs["post"] if "post" in files else [], refs["fk"] if "fk" in files else []))
+        tables.append(TableDump(info.schema, info.table, files, rows.get(files["data"], 0), hashes.get(files["data"]),
+                                parents, refs["post"] if "post" in files else [], refs["fk"] if "fk" in files else []))
     return SplitResult(
         tables=tables,
         schema_objects=_objects_files(out_dir, catalog.schemas, written, header, footer),

@@ -1,5 +1,7 @@
-"""Verify a stored backup: every file against the manifest's sha256, every archive readable, optionally a
-full test restore compared with the manifest's per-table row counts. Reports every bad file, not just the first."""
+"""Verify a stored backup: every file against the manifest's sha256, every archive readable, every table's
+data.sql rows against the manifest's content hash (the full dump's rows), optionally a full test restore compared
+with the manifest's per-table row counts and content hashes, its indexes amchecked. Reports every bad file, not
+just the first."""
 
 from __future__ import annotations
 
@@ -15,8 +17,10 @@ from pg_backup_dagster.pg.tools import find_tools
 from pg_backup_dagster.restore.run import OpenedBackup, open_backup, work_dir
 from pg_backup_dagster.storage.base import concurrently
 from pg_backup_dagster.storage.repository import Recheck
+from pg_backup_dagster.tiers.content import script_digest
 from pg_backup_dagster.tiers.registry import ARCHIVE_TIERS
 from pg_backup_dagster.verify.check_server import NoCheckServer, choose_check_server
+from pg_backup_dagster.verify.content import ContentSpec
 from pg_backup_dagster.verify.test_restore import RestoreReport, restore_and_compare
 
 
@@ -48,7 +52,9 @@ def check_files(
     """Every manifest file against its sha256 (in place on a local target, else a fetched copy, deleted once
     checked), every archive with pg_restore -l; returns the full archive when keep_full. Files are checked the
     target's `transfers` at a time; one read per file, linear in the number of files."""
-    checked = concurrently(backup.manifest.files, lambda e: _check_file(backup, e, pg_restore_bin, work, keep_full),
+    hashes = {table.key: table.sha256 for table in backup.manifest.tables if table.sha256}
+    checked = concurrently(backup.manifest.files,
+                           lambda e: _check_file(backup, e, pg_restore_bin, work, keep_full, hashes),
                            backup.storage.store.transfers)
     full_archive = None
     for entry, local, problem in checked:
@@ -63,7 +69,8 @@ def check_files(
 
 
 def _check_file(
-    backup: OpenedBackup, entry: FileEntry, pg_restore_bin: str, work: Path, keep_full: bool
+    backup: OpenedBackup, entry: FileEntry, pg_restore_bin: str, work: Path, keep_full: bool,
+    hashes: dict[tuple[str, str], str],
 ) -> tuple[FileEntry, Path | None, str | None]:
     """One file: (entry, its verified local path or None, what is wrong with it or None)."""
     try:
@@ -71,9 +78,20 @@ def _check_file(
     except BackupError as exc:
         return entry, None, str(exc)
     problem = archive_problem(pg_restore_bin, local) if entry.tier in ARCHIVE_TIERS else None
+    rows_differ = _content_problem(entry, local, hashes)
     if local.is_relative_to(work) and not (entry.tier == "full" and keep_full):
         local.unlink()
-    return entry, local, f"unreadable archive: {problem}" if problem else None
+    return entry, local, f"unreadable archive: {problem}" if problem else rows_differ
+
+
+def _content_problem(entry: FileEntry, local: Path, hashes: dict[tuple[str, str], str]) -> str | None:
+    """A table's data.sql whose COPY rows are not the full dump's (their content hash differs from the manifest's)."""
+    if entry.tier != "table" or entry.kind != "data" or entry.schema is None or entry.table is None:
+        return None
+    expected = hashes.get((entry.schema, entry.table))
+    if expected is None or script_digest(local) == expected:
+        return None
+    return f"rows of {entry.schema}.{entry.table} differ from the full dump's (content hash differs from the manifest's)"
 
 
 def verify_backup(
@@ -91,14 +109,17 @@ def verify_backup(
         work = Path(tmp)
         full_archive = check_files(backup, report, tools.path("pg_restore"), work, keep_full=full_restore)
         if full_restore and full_archive is not None and not report.problems:
+            manifest = backup.manifest
             try:
-                server = choose_check_server(full_archive, restore_url, backup.manifest.server_major)
+                server = choose_check_server(full_archive, restore_url, manifest.server_major)
             except NoCheckServer as problem:
                 report.restore = RestoreReport(errors=[str(problem)])
                 return report
+            spec = ContentSpec.of_archive(full_archive, manifest.copy_settings, manifest.server_major)
             report.restore = restore_and_compare(
-                tools, full_archive, [asdict(t) for t in backup.manifest.tables], server=server,
+                tools, full_archive, [asdict(t) for t in manifest.tables], server=server,
                 jobs=source.restore_jobs, accepted_errors=list(source.accepted_restore_errors),
+                content=spec, amcheck=True,
             )
     if report.passed:
         report.note = record_verified(backup, "sha256+restore" if report.restore else "sha256")

@@ -1,4 +1,5 @@
-"""Test restores: prove an archive restores and reproduces the exact row counts taken at dump time."""
+"""Test restores: prove an archive restores and reproduces the rows taken at dump time (exact counts, and content
+hashes where the backup recorded them), with sound B-tree indexes."""
 
 from __future__ import annotations
 
@@ -20,26 +21,31 @@ from pg_backup_dagster.pg.local_server import ephemeral_server
 from pg_backup_dagster.pg.sql import existing_tables
 from pg_backup_dagster.pg.tools import PgTools
 from pg_backup_dagster.restore.runner import pg_restore_into
+from pg_backup_dagster.verify.amcheck import AmcheckReport, check_btree_indexes
 from pg_backup_dagster.verify.check_server import CheckServer, archive_needs
+from pg_backup_dagster.verify.content import ContentSpec, TableContent, not_comparable, restored_content
 
 
 @dataclass
 class RestoreReport:
-    """What a test restore found: where it ran, duration, per-table counts, and why it failed if it did."""
+    """What a test restore found: where it ran, duration, per-table counts and content, the tables compared by
+    count only (and why), amcheck's findings, and why it failed if it did."""
 
     server: str = ""
     seconds: float = 0.0
     tables: list[dict] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     accepted_errors: list[str] = field(default_factory=list)
+    not_compared: dict[str, str] = field(default_factory=dict)  # "schema.table" -> why only its count was compared
+    amcheck: AmcheckReport | None = None
 
     @property
     def differing(self) -> list[dict]:
-        return [t for t in self.tables if t["expected"] != t["restored"]]
+        return [t for t in self.tables if t["expected"] != t["restored"] or t.get("content") == DIFFERS]
 
     @property
     def passed(self) -> bool:
-        return not self.errors and not self.differing
+        return not self.errors and not self.differing and not (self.amcheck and self.amcheck.corrupt)
 
 
 def create_stub_roles(conn: psycopg.Connection, roles: Sequence[str]) -> None:
@@ -107,6 +113,36 @@ def restored_counts(dsn: str, expected: list[dict], workers: int = 1) -> list[di
              "restored": counts.get((i["schema"], i["table"]), -1)} for i in expected]
 
 
+IDENTICAL, DIFFERS, COUNT_ONLY = "identical", "differs", "count only"
+
+
+def compare_restored(
+    dsn: str, expected: list[dict], spec: ContentSpec | None, psql: str, workers: int = 1
+) -> tuple[list[dict], dict[str, str]]:
+    """Each expected table's restored rows: content hash and count from one COPY where the backup has a hash it
+    can be compared with, exact count(*) otherwise; and why each of those was compared by count only."""
+    if spec is None:
+        return [{**row, "content": COUNT_ONLY} for row in restored_counts(dsn, expected, workers)], {}
+    reasons = not_comparable(dsn, spec, expected)
+    hashed = [(r["schema"], r["table"]) for r in expected if (r["schema"], r["table"]) not in reasons]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        present = existing_tables(conn, hashed)
+    read = [key for key in hashed if key in present]  # a missing table: -1, like its count
+    contents = dict(zip(read, restored_content(dsn, spec, read, psql, workers), strict=True))
+    counted = {(r["schema"], r["table"]): r for r in
+               restored_counts(dsn, [r for r in expected if (r["schema"], r["table"]) in reasons], workers)}
+    rows = []
+    for row in expected:
+        key = (row["schema"], row["table"])
+        if key in reasons:
+            rows.append({**counted[key], "content": COUNT_ONLY})
+        else:
+            found = contents.get(key, TableContent(None, -1))
+            rows.append({"schema": key[0], "table": key[1], "expected": row["rows"], "restored": found.rows,
+                         "content": IDENTICAL if found.sha256 == row["sha256"] else DIFFERS})
+    return rows, {f"{schema}.{table}": why for (schema, table), why in reasons.items()}
+
+
 def missing_extensions(archive: Path, dsn: str) -> list[str]:
     """Extensions the archive creates that the server at dsn cannot (not installed there), found before any restore
     so the check names them instead of failing halfway (a configured server is checked live: no files to read)."""
@@ -128,9 +164,12 @@ def restore_and_compare(
     accepted_errors: list[str] | None = None,
     work_dir: Path | None = None,
     stub_roles: Sequence[str] = (),
+    content: ContentSpec | None = None,
+    amcheck: bool = False,
 ) -> RestoreReport:
     """Restore the archive into a throwaway database on `server` (see verify/check_server.py) and compare every
-    table's rows with the dump-time counts."""
+    table's rows with the dump-time counts, and with the content hashes when `content` is given (expected rows then
+    carry `sha256`); with `amcheck`, check every B-tree index of the restored database."""
     report = RestoreReport(server=server.label)
     started = time.monotonic()
     with scratch_database(server, work_dir, stub_roles) as dsn:
@@ -143,7 +182,9 @@ def restore_and_compare(
             return report
         report.errors, report.accepted_errors = pg_restore_into(tools, archive, dsn, jobs, accepted_errors or [])
         report.seconds = time.monotonic() - started
-        report.tables = restored_counts(dsn, expected, jobs)
+        report.tables, report.not_compared = compare_restored(dsn, expected, content, tools.path("psql"), jobs)
+        if amcheck and not report.errors:
+            report.amcheck = check_btree_indexes(dsn, workers=jobs)
     return report
 
 

@@ -15,6 +15,7 @@ from pg_backup_dagster.backup.state import CheckRecord, DumpsState, TablesState
 from pg_backup_dagster.backup.step import StepContext
 from pg_backup_dagster.config import SourceConfig
 from pg_backup_dagster.errors import BackupError, one_line
+from pg_backup_dagster.files import throughput
 from pg_backup_dagster.pg.local_server import ephemeral_server
 from pg_backup_dagster.pg.profiles import roles_sql_has_password_hash
 from pg_backup_dagster.pg.sql import server_major_at
@@ -22,16 +23,26 @@ from pg_backup_dagster.restore.roles import restore_roles_file
 from pg_backup_dagster.restore.tables import plan_table_restore, restore_tables
 from pg_backup_dagster.tiers.table_split import TableDump
 from pg_backup_dagster.verify.check_server import CheckServer, NoCheckServer, choose_check_server
-from pg_backup_dagster.verify.test_restore import restore_and_compare, restored_counts, scratch_database
+from pg_backup_dagster.verify.content import ContentSpec
+from pg_backup_dagster.verify.test_restore import (
+    DIFFERS,
+    IDENTICAL,
+    RestoreReport,
+    compare_restored,
+    restore_and_compare,
+    restored_counts,
+    scratch_database,
+)
 
 DEFAULT_TABLE_SAMPLE_LIMIT = 1000
+NO_OWN_ROWS = "no rows of its own"  # a partitioned table's rows are its partitions'
 
 
 @dataclass
 class CheckOutcome:
     """A check's verdict, a one-line description, what the UI shows (`row_counts`: expected vs restored rows per
-    table), and the JSON kept in the manifest. `unverified`: why the check could not run, when the source
-    publishes anyway (a warning, not a failure)."""
+    table), the JSON kept in the manifest, and a warning that does not fail it (a restore slower than its budget).
+    `unverified`: why the check could not run, when the source publishes anyway (a warning, not a failure)."""
 
     passed: bool
     description: str
@@ -39,10 +50,12 @@ class CheckOutcome:
     details: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     unverified: str | None = None
+    warning: str | None = None
 
     def record(self) -> CheckRecord:
         return CheckRecord(passed=self.passed, description=self.description, seconds=round(self.seconds, 3),
-                           unverified=self.unverified, **self.details)
+                           unverified=self.unverified, **({"warning": self.warning} if self.warning else {}),
+                           **self.details)
 
 
 def _check_server(step: StepContext, source: SourceConfig) -> CheckServer:
@@ -75,18 +88,53 @@ def _first_ten(items: list[str]) -> str:
 
 
 def _differences_text(rows: list[dict]) -> str:
-    return _first_ten([f"{r['schema']}.{r['table']} (expected {r['expected']}, restored {r['restored']})"
-                       for r in rows])
+    def one(r: dict) -> str:
+        if r["expected"] != r["restored"]:
+            return f"{r['schema']}.{r['table']} (expected {r['expected']}, restored {r['restored']})"
+        return f"{r['schema']}.{r['table']} (rows differ in content, same count {r['restored']})"
+
+    return _first_ten([one(r) for r in rows])
+
+
+def _content_metadata(report: RestoreReport, spec: ContentSpec | None) -> dict[str, Any]:
+    """How many tables were proven by content, which only by count and why (never silently)."""
+    identical = sum(1 for r in report.tables if r.get("content") == IDENTICAL)
+    not_compared = report.not_compared if spec is not None else {
+        "all tables": "the full archive is of a version this tool's reader does not know"}
+    return {"tables_content_identical": identical, "tables_count_only": len(report.tables) - identical,
+            "content_not_compared": not_compared}
+
+
+def _description(report: RestoreReport) -> str:
+    if report.errors:
+        return f"pg_restore failed: {report.errors[0]}"
+    problems = []
+    if report.differing:
+        problems.append(f"{len(report.differing)} table(s) differ: {_differences_text(report.differing)}")
+    if report.amcheck and report.amcheck.corrupt:
+        named = ", ".join(f"{c['index']} ({c['error']})" for c in report.amcheck.corrupt[:5])
+        problems.append(f"amcheck found {len(report.amcheck.corrupt)} corrupt index(es): {named}")
+    if problems:
+        return "; ".join(problems)
+    identical = sum(1 for r in report.tables if r.get("content") == IDENTICAL)
+    indexes = "" if report.amcheck is None else (
+        ", amcheck unavailable on the check server" if report.amcheck.unavailable
+        else f", {report.amcheck.checked} B-tree indexes sound")
+    return (f"restored {len(report.tables)} tables with identical row counts ({identical} also identical in "
+            f"content){indexes} in {report.seconds:.1f}s")
 
 
 def check_full_restore(step: StepContext, source: SourceConfig, stub_roles: Sequence[str]) -> CheckOutcome:
-    """pg_restore -j the full archive into a throwaway database on a server that can restore what it holds, and
-    compare exact row counts.
+    """pg_restore -j the full archive into a throwaway database on a server that can restore what it holds, compare
+    exact row counts and content hashes, and amcheck every B-tree index. A restore slower than the source's
+    `rto_budget_seconds` is a warning, never a failure.
 
     pg_restore errors fail the check unless they match a pattern the source lists explicitly in
     `accepted_restore_errors` (empty by default).
     """
-    expected = [asdict(row) for row in step.staging.load(DumpsState).row_counts]
+    dumps = step.staging.load(DumpsState)
+    expected = [asdict(row) for row in dumps.row_counts]
+    spec = ContentSpec.of_archive(step.staging.full_dump, dumps.copy_settings, dumps.server_major)
     started = time.monotonic()
     try:
         server = _check_server(step, source)
@@ -94,30 +142,38 @@ def check_full_restore(step: StepContext, source: SourceConfig, stub_roles: Sequ
         return _no_check_server(source, problem, started)
     report = restore_and_compare(
         step.pg.tools(), step.staging.full_dump, expected, server=server, jobs=source.restore_jobs,
-        accepted_errors=list(source.accepted_restore_errors), stub_roles=stub_roles,
+        accepted_errors=list(source.accepted_restore_errors), stub_roles=stub_roles, content=spec, amcheck=True,
     )
-    differing = report.differing
-    if report.errors:
-        description = f"pg_restore failed: {report.errors[0]}"
-    elif differing:
-        description = f"{len(differing)} table(s) differ: {_differences_text(differing)}"
-    else:
-        description = f"restored {len(report.tables)} tables with identical row counts in {report.seconds:.1f}s"
+    rows = sum(max(r["restored"], 0) for r in report.tables)
+    content = _content_metadata(report, spec)
+    amcheck = report.amcheck.summary() if report.amcheck else {"amcheck": "not run: the restore failed"}
+    budget = source.rto_budget_seconds
+    warning = (f"restore took {report.seconds:.1f}s, over the RTO budget of {budget:g}s"
+               if budget is not None and report.seconds > budget else None)
     return CheckOutcome(
         passed=report.passed,
-        description=description,
+        description=_description(report),
         metadata={
             "restore_duration_s": round(report.seconds, 3),
+            "restore_throughput_mib_s": throughput(dumps.full.size, report.seconds),
+            "restore_rows_per_s": round(rows / report.seconds) if report.seconds > 0 else 0,
+            **({"rto_budget_s": budget, "rto_exceeded": warning is not None} if budget is not None else {}),
             "tables_checked": len(report.tables),
-            "tables_differing": len(differing),
+            "tables_differing": len(report.differing),
+            **content,
+            **amcheck,
+            **({"corrupt_indexes": report.amcheck.corrupt} if report.amcheck and report.amcheck.corrupt else {}),
             "restore_errors": len(report.errors),
             "row_counts": report.tables,
             "check_server": report.server,
         },
         details={"check_server": report.server, "restore_seconds": round(report.seconds, 3),
                  "tables_checked": len(report.tables),
-                 "differing": differing, "errors": report.errors, "accepted_errors": report.accepted_errors},
+                 "differing": report.differing, "errors": report.errors, "accepted_errors": report.accepted_errors,
+                 "content_not_compared": content["content_not_compared"],
+                 **amcheck, "corrupt_indexes": report.amcheck.corrupt if report.amcheck else []},
         seconds=time.monotonic() - started,
+        warning=warning,
     )
 
 
@@ -165,34 +221,40 @@ def sample_tables(tables: list[TableDump], sample: int | None, seed: str) -> lis
 
 
 def check_table_files(step: StepContext, source: SourceConfig, stub_roles: Sequence[str]) -> CheckOutcome:
-    """Every table has schema.sql and data.sql; the sampled ones restore their exact rows into a scratch db on a
-    server that can restore what the backup holds."""
+    """Every table has schema.sql and data.sql; the sampled ones restore into a scratch db, on a server that can
+    restore what the backup holds, with the exact rows of the full archive: same counts, and the same content
+    hashes where they can be compared."""
     started = time.monotonic()
     try:
         server = _check_server(step, source)
     except NoCheckServer as problem:
         return _no_check_server(source, problem, started)
     tier = step.staging.load(TablesState)
-    dumped = {r.key: r.rows for r in step.staging.load(DumpsState).row_counts}
+    dumps = step.staging.load(DumpsState)
+    dumped = {r.key: r for r in dumps.row_counts}
     missing = [f"{t.schema}.{t.table}: {kind}" for t in tier.tables for kind in ("schema", "data")
                if kind not in t.files or not (step.staging.root / t.files[kind]).is_file()]
     absent = sorted(f"{s}.{t}" for (s, t) in set(dumped) - {(t.schema, t.table) for t in tier.tables})
     chosen = sample_tables(tier.tables, source.table_check_sample, step.backup_id)
+    spec = ContentSpec.of_archive(step.staging.full_dump, dumps.copy_settings, dumps.server_major)
     rows: list[dict] = []
+    not_compared: dict[str, str] = {}
     error = None
     if not missing and not absent:
         try:
-            rows = _restore_sample(step, server, chosen, tier, dumped, stub_roles)
+            rows, not_compared = _restore_sample(step, server, chosen, tier, dumped, stub_roles, spec)
         except BackupError as exc:
             error = str(exc)
-    differing = [r for r in rows if r["expected"] != r["restored"]]
+    differing = [r for r in rows if r["expected"] != r["restored"] or r["content"] == DIFFERS]
+    identical = sum(1 for r in rows if r["content"] == IDENTICAL)
     passed = not (missing or absent or differing or error)
     parents = len(tier.tables) - len(dumped)  # partitioned tables: a folder each, no rows of their own
     restored_parents = sum((r["schema"], r["table"]) not in dumped for r in rows)
     restored = "all" if len(rows) == len(tier.tables) else tables_phrase(len(rows) - restored_parents,
                                                                            restored_parents)
     description = (
-        f"{tables_phrase(len(dumped), parents)} have their files; {restored} restored with identical rows" if passed
+        f"{tables_phrase(len(dumped), parents)} have their files; {restored} restored with identical rows "
+        f"({identical} also identical in content)" if passed
         else "; ".join(filter(None, [
             f"missing files: {', '.join(missing[:5])}" if missing else "",
             f"tables without files: {', '.join(absent[:5])}" if absent else "",
@@ -203,9 +265,10 @@ def check_table_files(step: StepContext, source: SourceConfig, stub_roles: Seque
     return CheckOutcome(
         passed=passed, description=description,
         metadata={"tables": len(dumped), "partitioned_parents": parents, "restored": len(rows),
-                  "tables_differing": len(differing), "check_server": server.label, "row_counts": rows},
+                  "tables_differing": len(differing), "tables_content_identical": identical,
+                  "content_not_compared": not_compared, "check_server": server.label, "row_counts": rows},
         details={"tables": len(dumped), "partitioned_parents": parents, "restored": len(rows), "missing": missing,
-                 "absent": absent, "differing": differing, "error": error},
+                 "absent": absent, "differing": differing, "error": error, "content_not_compared": not_compared},
         seconds=time.monotonic() - started,
     )
 
@@ -226,8 +289,8 @@ def _with_named_tables(chosen: list[TableDump], tier: TablesState) -> list[Table
 
 def _restore_sample(
     step: StepContext, server: CheckServer, chosen: list[TableDump], tier: TablesState, dumped: dict,
-    stub_roles: Sequence[str],
-) -> list[dict]:
+    stub_roles: Sequence[str], spec: ContentSpec | None,
+) -> tuple[list[dict], dict[str, str]]:
     """Restore the sample the way `restore --table` does: every objects file, the tables and what they need (a
     foreign key to a table outside the sample is left out; late objects run only when every table is restored)."""
     plan = plan_table_restore(_with_named_tables(chosen, tier), tier.tables, tier.schema_objects,
@@ -236,9 +299,12 @@ def _restore_sample(
         restore_tables(step.staging.root, plan.tables, dsn, psql=step.pg.tools().path("psql"),
                        schema_objects=plan.schema_objects, global_objects=plan.global_objects,
                        late_objects=plan.late_objects)
-        expected = [{"schema": t.schema, "table": t.table, "rows": dumped.get((t.schema, t.table), t.rows)}
-                    for t in plan.tables]
-        return restored_counts(dsn, expected)
+        own = [{"schema": t.schema, "table": t.table, "rows": dumped[t.schema, t.table].rows,
+                "sha256": dumped[t.schema, t.table].sha256} for t in plan.tables if (t.schema, t.table) in dumped]
+        rows, not_compared = compare_restored(dsn, own, spec, step.pg.tools().path("psql"))
+        parents = [{"schema": t.schema, "table": t.table, "rows": t.rows} for t in plan.tables
+                   if (t.schema, t.table) not in dumped]  # partitioned tables: no rows of their own, count 0
+        return rows + [{**row, "content": NO_OWN_ROWS} for row in restored_counts(dsn, parents)], not_compared
 
 
 def check_roles_file(step: StepContext) -> CheckOutcome:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from pg_backup_dagster.backup.manifest import FORMAT_VERSION
 from pg_backup_dagster.errors import BackupError
 from pg_backup_dagster.storage import BackupRepository, LocalStorage, S3Storage
 from pg_backup_dagster_tests.storage.helpers import FILES, ID1, ID2, SOURCE, entry, read_all, stage
@@ -37,7 +38,7 @@ def test_publish_then_list_read_fetch(make_storage: StorageFactory, tmp_path: Pa
     assert storage.list_backups(SOURCE) == [ID1]
     assert storage.list_sources() == [SOURCE]
     stored = storage.read_manifest(SOURCE, ID1)
-    assert stored.backup_id == ID1 and stored.format_version == 1
+    assert stored.backup_id == ID1 and stored.format_version == FORMAT_VERSION
     assert [e.path for e in stored.files] == sorted(FILES)
     assert all(e.tier == "test" for e in stored.files)  # caller's keys kept
     assert read_all(storage, ID1, tmp_path / "fetched") == FILES

@@ -1,0 +1,67 @@
+"""What proving rows by content costs the restore check: content hashes + amcheck against counts only.
+
+    python -m benchmarks.content_cost                      # 10×50×2,000: 500 tables, 1 M rows (≈3 min on 2 cores)
+    python -m benchmarks.content_cost --shape 2x5x100      # a smoke run
+
+One generated database (benchmarks/dataset.py), one `pg_dump -Fc` of it, then `restore_and_compare` on a restore
+server: counts only (the check before issue 17), with content hashes, with content hashes and amcheck, in turn
+(each after a CHECKPOINT), `--repeats` rounds, the fastest of each kept. Prints the ratios to counts only (goal
+for content hashes: ≤ 1.15×); never asserted anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from benchmarks import baselines, ours
+from benchmarks.dataset import DatasetSpec, create_dataset
+from benchmarks.run import _shape
+from pg_backup_dagster.pg.local_server import ephemeral_server
+from pg_backup_dagster.pg.tools import find_tools
+
+GOAL = 1.15  # for content hashing; amcheck is shown beside it
+COUNTS, CONTENT, ALL = "counts only", "content hashes", "content + amcheck"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", type=_shape, default=(10, 50, 2000), help="schemas x tables x rows")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--jobs", type=int, default=2)
+    args = parser.parse_args(argv)
+    tools = find_tools()
+    spec = DatasetSpec("content_cost", *args.shape)
+    with tempfile.TemporaryDirectory(prefix="pgbd-content-") as tmp, \
+            ephemeral_server(Path(tmp)) as source, ephemeral_server(Path(tmp)) as restore:
+        dsn = create_dataset(source.dsn(), source.dsn, spec)
+        archive = Path(tmp) / "full.dump"
+        baselines.bare_dump(tools, dsn, archive)
+        expected = ours.expected_counts(dsn)
+        variants = {  # name -> (source dsn for content hashes, amcheck)
+            COUNTS: (None, False), CONTENT: (dsn, False), ALL: (dsn, True),
+        }
+        runs: dict[str, list[dict]] = {name: [] for name in variants}
+        for round_no in range(args.repeats):
+            order = list(runs) if round_no % 2 == 0 else list(reversed(runs))
+            for name in order:
+                baselines.checkpoint(source.dsn(), restore.dsn())
+                content_dsn, amcheck = variants[name]
+                runs[name].append(ours.restore_check(tools, archive, expected, restore.dsn(), args.jobs, content_dsn,
+                                                     amcheck))
+    best = {name: min(r, key=lambda run: run["seconds"]) for name, r in runs.items()}
+    for name, run in best.items():
+        rounds = ", ".join(f"{r['seconds']:.2f}" for r in runs[name])
+        print(f"{name:<20} {run['seconds']:7.2f}s  (rounds {rounds}; passed={run['passed']}, identical in content "
+              f"{run['tables_content_identical']}/{run['tables_checked']}, indexes amchecked {run['indexes_amchecked']})")
+    base = best[COUNTS]["seconds"]
+    for name in (CONTENT, ALL):
+        ratio = best[name]["seconds"] / base
+        goal = f" (goal ≤ {GOAL}×: {'met' if ratio <= GOAL else 'NOT met'})" if name == CONTENT else ""
+        print(f"{spec.tables} tables, {spec.tables * spec.rows} rows: {name} / {COUNTS} = {ratio:.2f}×{goal}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
