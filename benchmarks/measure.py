@@ -37,11 +37,13 @@ def _memory(process: psutil.Process) -> tuple[str, int, int]:
     return process.name(), info.rss, getattr(info, "pss", info.rss)
 
 
-def _tree_memory(include_self: bool = True) -> list[tuple[str, int, int]]:
-    """(name, rss, pss) of this process first (unless left out), then of each live descendant."""
-    me = psutil.Process()
-    found = [_memory(me)] if include_self else []
-    for child in me.children(recursive=True):
+def _tree_memory(root: psutil.Process) -> list[tuple[str, int, int]]:
+    """(name, rss, pss) of the root process first, then of each live descendant."""
+    try:
+        found = [_memory(root)]
+    except psutil.Error:  # the root exited
+        return []
+    for child in root.children(recursive=True):
         try:
             found.append(_memory(child))
         except psutil.Error:  # exited between listing and reading
@@ -50,22 +52,24 @@ def _tree_memory(include_self: bool = True) -> list[tuple[str, int, int]]:
 
 
 @contextmanager
-def measured(interval: float = 0.05, include_self: bool = True) -> Iterator[Sample]:
-    """Time the block and sample memory of the process tree every `interval` seconds in a background thread.
+def measured(interval: float = 0.05, root: int | None = None) -> Iterator[Sample]:
+    """Time the block and sample memory of a process tree every `interval` seconds in a background thread.
 
-    Servers started with pg_ctl detach from our tree, so PostgreSQL's own memory is not counted; pg_dump,
-    pg_restore, psql and Dagster's helper processes are. include_self=False counts only the descendants (a
-    job run in a child process); peak_python_rss_mb is then the largest descendant's RSS.
+    The tree is this process and what it starts, or with `root` the process of that pid and its descendants (a
+    job run in a child process, without the S3 server the benchmark runs beside it). Servers started with pg_ctl
+    detach from our tree, so PostgreSQL's own memory is not counted; pg_dump, pg_restore, psql and Dagster's
+    helper processes are. peak_python_rss_mb is the root's RSS.
     """
     sample = Sample()
     stop = threading.Event()
+    process = psutil.Process(root)
 
     def poll() -> None:
         while True:
-            tree = _tree_memory(include_self)
+            tree = _tree_memory(process)
             pss = sum(p for _, _, p in tree) / MB
             sample.peak_rss_mb = max(sample.peak_rss_mb, sum(r for _, r, _ in tree) / MB)
-            python_rss = tree[0][1] if include_self else max((r for _, r, _ in tree), default=0)
+            python_rss = tree[0][1] if tree else 0
             sample.peak_python_rss_mb = max(sample.peak_python_rss_mb, python_rss / MB)
             if pss > sample.peak_pss_mb:
                 sample.peak_pss_mb = pss

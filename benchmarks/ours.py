@@ -104,11 +104,12 @@ def _run_job_in_fresh_process(source: SourceConfig, instance: dg.DagsterInstance
     """`runner.run_backup` (what the CLI runs) in a child process; only the child's process tree is sampled."""
     home = Path(os.environ["DAGSTER_HOME"])
     argv = [sys.executable, "-m", "benchmarks.job_process", str(home), source.target, backup_id]
-    with measured(include_self=False) as sample:
-        result = subprocess.run(argv, capture_output=True, text=True, check=False, cwd=REPO_ROOT)
-    if result.returncode != 0:
-        return JobRun(sample, False, errors=[result.stderr.strip()[-500:]])
-    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+    with measured(root=child.pid) as sample:
+        stdout, stderr = child.communicate()
+    if child.returncode != 0:
+        return JobRun(sample, False, errors=[stderr.strip()[-500:]])
+    outcome = json.loads(stdout.strip().splitlines()[-1])
     return JobRun(sample, outcome["success"], outcome["steps"], outcome["checks"], outcome["errors"])
 
 

@@ -169,11 +169,13 @@ def at_a_distance(spec: DatasetSpec, source, dsn: str, instance: dg.DagsterInsta
     with distant_s3(work) as s3:
         s3_source = ours.bench_source(s3.target(spec.name))
         for name, target_source in (("job_checks_on", source), ("job_checks_on_s3", s3_source)):
-            before = s3.requests
+            before, cpu_before = s3.requests, s3.server_cpu_seconds()
             run = ours.run_job(target_source, dsn, instance, checks=True)
-            results[name] = {**run.as_dict(), "s3_requests": s3.requests - before}
+            server_cpu = round(s3.server_cpu_seconds() - cpu_before, 1)
+            results[name] = {**run.as_dict(), "s3_requests": s3.requests - before, "s3_server_cpu_seconds": server_cpu}
             log(f"  {name}: {run.sample.seconds:.1f}s, peak memory {run.sample.peak_pss_mb:.0f} MB PSS, "
-                f"{s3.requests - before} S3 requests, success={run.success} {'; '.join(run.errors)}")
+                f"{s3.requests - before} S3 requests (moto + proxy CPU {server_cpu}s), success={run.success} "
+                f"{'; '.join(run.errors)}")
         for name, target_source in (("restore_local", source), ("restore_s3", s3_source)):
             before = s3.requests
             database = f"{spec.name}_{name}"

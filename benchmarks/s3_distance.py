@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from pg_backup_dagster.storage.s3 import make_client
 from pg_backup_dagster_tests.helpers import free_port, moto_command, wait_until_up
 from pg_backup_dagster_tests.s3_proxy import FaultProxy, running_proxy
@@ -34,6 +36,12 @@ class DistantS3:
 
     bucket: str
     proxy: FaultProxy
+    moto: psutil.Process
+
+    def server_cpu_seconds(self) -> float:
+        """CPU the S3 side has used so far: moto's process and this one (the proxy's threads run here). On a
+        2-core machine it competes with the backup, which real S3 would not."""
+        return sum(sum(p.cpu_times()[:2]) for p in (self.moto, psutil.Process()))
 
     def target(self, name: str) -> str:
         return f"s3://{self.bucket}/{name}"
@@ -56,7 +64,7 @@ def distant_s3(work: Path, latency: float = DEFAULT_LATENCY_S) -> Iterator[Dista
             os.environ.update({**_CREDENTIALS, "AWS_ENDPOINT_URL": proxy.url})
             bucket = f"bench-{uuid.uuid4().hex[:12]}"
             make_client().create_bucket(Bucket=bucket)
-            yield DistantS3(bucket, proxy)
+            yield DistantS3(bucket, proxy, psutil.Process(moto.pid))
     finally:
         for name, value in saved.items():
             if value is None:
