@@ -55,6 +55,8 @@ ROLES_SQL = [
     f"CREATE ROLE {ADMIN} NOLOGIN CREATEROLE",
     f"GRANT {PARENT} TO {ADMIN} WITH ADMIN OPTION, INHERIT TRUE, SET TRUE",
     f"GRANT {PARENT} TO {CHILD} WITH INHERIT FALSE",
+    f"ALTER ROLE {CHILD} SET transaction_timeout = '5min'",  # a setting PostgreSQL 15 does not know
+    f"ALTER ROLE {CHILD} SET work_mem = '8MB'",
 ]
 
 
@@ -307,6 +309,7 @@ def test_roles_with_postgresql_16_grant_options_load_into_15(published, fresh_pg
     assert result.exit_code == 0, result.output
     assert f'role "{CHILD}" already existed and was altered' in result.output
     assert "INHERIT FALSE" in result.output  # the one option PostgreSQL 15 cannot express per grant
+    assert "PostgreSQL 15 has no setting transaction_timeout" in result.output
     with psycopg.connect(fresh_pg15.dsn()) as conn:
         members = set(conn.execute(
             "SELECT r.rolname, m.rolname, am.admin_option FROM pg_auth_members am "
@@ -314,5 +317,6 @@ def test_roles_with_postgresql_16_grant_options_load_into_15(published, fresh_pg
             [PARENT],
         ).fetchall())
         child = conn.execute("SELECT rolcanlogin, rolconnlimit FROM pg_roles WHERE rolname = %s", [CHILD]).fetchone()
+        settings = conn.execute("SELECT rolconfig FROM pg_roles WHERE rolname = %s", [CHILD]).fetchone()[0]
     assert members == {(PARENT, ADMIN, True), (PARENT, CHILD, False)}
-    assert child == (True, 5)
+    assert child == (True, 5) and settings == ["work_mem=8MB"]

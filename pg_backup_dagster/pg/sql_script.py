@@ -145,6 +145,11 @@ def is_restrict_line(line: bytes) -> bool:
     return _RESTRICT.match(line) is not None
 
 
+def known_setting(name: str, server_major: int) -> bool:
+    """Whether a server of this major knows the setting (as far as pg_dump 18's output goes)."""
+    return server_major >= _SETTING_SINCE.get(name.lower().encode(), 0)
+
+
 def setting_name(line: bytes) -> bytes | None:
     """The parameter a top-level `SET name = ...;` line changes, lower-cased, else None."""
     match = _SET_NAME.match(line)

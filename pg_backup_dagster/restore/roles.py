@@ -5,7 +5,9 @@ first error, under our own `\restrict` (a meta-command in it is refused, never r
 - roles that already exist on the target keep their CREATE ROLE out (it would fail); the ALTER ROLE, SET and
   COMMENT statements that follow still apply to them, and the result names every existing role altered;
 - for servers before PostgreSQL 16, membership grants lose the per-grant options they do not know
-  (`WITH INHERIT TRUE`, `SET TRUE`, …; `ADMIN OPTION` is kept), noted when an option had no equivalent.
+  (`WITH INHERIT TRUE`, `SET TRUE`, …; `ADMIN OPTION` is kept), noted when an option had no equivalent;
+- a role's default for a setting the server does not know (`ALTER ROLE … SET transaction_timeout` before 17)
+  is left out, with a note.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import psycopg
 from pg_backup_dagster.errors import BackupError, one_line, redact
 from pg_backup_dagster.pg.conninfo import child_env
 from pg_backup_dagster.pg.sql import quote_ident
-from pg_backup_dagster.pg.sql_script import Token, compatible_bytes, split_statements, tokens
+from pg_backup_dagster.pg.sql_script import Token, compatible_bytes, known_setting, split_statements, tokens
 from pg_backup_dagster.pg.tools import PgTools
 from pg_backup_dagster.restore.guard import restrict_lines
 from pg_backup_dagster.restore.runner import exit_text
@@ -66,6 +68,13 @@ def _grant_without_new_options(statement: str, code: list[Token]) -> tuple[str, 
     return statement[:cut_from] + keep + statement[code[i - 1].end :], lost
 
 
+def _role_setting(code: list[Token], words: list[str]) -> str | None:
+    """The setting `ALTER ROLE r [IN DATABASE d] SET name …` gives a default for, else None."""
+    if words[:1] != ["ALTER"] or "SET" not in words or words.index("SET") + 1 >= len(code):
+        return None
+    return code[words.index("SET") + 1].ident
+
+
 def roles_script(text: str, server_major: int, existing: set[str]) -> tuple[str, RolesLoaded]:
     """roles.sql made loadable on this target in one transaction, and what it will do to existing roles.
 
@@ -95,6 +104,12 @@ def roles_script(text: str, server_major: int, existing: set[str]) -> tuple[str,
             role = code[2].ident
             if role is not None and role in existing and role not in loaded.altered:
                 loaded.altered.append(role)
+        setting = _role_setting(code, words)
+        if setting is not None and not known_setting(setting, server_major):
+            loaded.notes.append(f"PostgreSQL {server_major} has no setting {setting}: "
+                                f"{one_line(statement)[:160]} left out")
+            out.append(f"-- left out: PostgreSQL {server_major} has no setting {setting}\n")
+            continue
         if server_major < _GRANT_OPTIONS_SINCE and words[:1] == ["GRANT"]:
             statement, lost = _grant_without_new_options(statement, code)
             if lost:
