@@ -166,10 +166,12 @@ def restore_and_compare(
     stub_roles: Sequence[str] = (),
     content: ContentSpec | None = None,
     amcheck: bool = False,
+    heapallindexed: bool = False,
 ) -> RestoreReport:
     """Restore the archive into a throwaway database on `server` (see verify/check_server.py) and compare every
     table's rows with the dump-time counts, and with the content hashes when `content` is given (expected rows then
-    carry `sha256`); with `amcheck`, check every B-tree index of the restored database."""
+    carry `sha256`); with `amcheck`, check every B-tree index of the restored database (`heapallindexed`: also that
+    every row has its index entries, see verify/amcheck.py)."""
     report = RestoreReport(server=server.label)
     started = time.monotonic()
     with scratch_database(server, work_dir, stub_roles) as dsn:
@@ -184,7 +186,7 @@ def restore_and_compare(
         report.seconds = time.monotonic() - started
         report.tables, report.not_compared = compare_restored(dsn, expected, content, tools.path("psql"), jobs)
         if amcheck and not report.errors:
-            report.amcheck = check_btree_indexes(dsn, workers=jobs)
+            report.amcheck = check_btree_indexes(dsn, heapallindexed, workers=jobs)
     return report
 
 
