@@ -68,12 +68,15 @@ def check_btree_indexes(
         row = conn.execute("SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
                            "WHERE e.extname = 'amcheck'").fetchone()
         assert row is not None
-        indexes = [(oid, f"{schema}.{name}", heapallindexed and size <= heap_limit) for oid, schema, name, size in conn.execute(_INDEXES)]
-    function = sql.SQL("{}.bt_index_check").format(sql.Identifier(row[0]))
-    batches = [indexes[i : i + BATCH] for i in range(0, len(indexes), BATCH)]
-    shares = [batches[i :: max(1, workers)] for i in range(max(1, workers))]
-    with ThreadPoolExecutor(max_workers=len(shares)) as pool:
-        results = list(pool.map(lambda share: _check_share(dsn, function, share), shares))
+        indexes = [(oid, f"{schema}.{name}", heapallindexed and size <= heap_limit)
+                   for oid, schema, name, size in conn.execute(_INDEXES)]
+        function = sql.SQL("{}.bt_index_check").format(sql.Identifier(row[0]))
+        batches = [indexes[i : i + BATCH] for i in range(0, len(indexes), BATCH)]
+        shares = [batches[i :: max(1, workers)] for i in range(max(1, workers))]
+        # this connection takes the first share; the others get a connection each
+        with ThreadPoolExecutor(max_workers=max(1, len(shares) - 1)) as pool:
+            others = [pool.submit(_connect_and_check, dsn, function, share) for share in shares[1:]]
+            results = [_check_share(conn, function, shares[0]), *(f.result() for f in others)]
     for corrupt, unavailable in results:
         report.corrupt += corrupt
         report.unavailable = report.unavailable or unavailable
@@ -84,25 +87,31 @@ def check_btree_indexes(
     return report
 
 
-def _check_share(
+def _connect_and_check(
     dsn: str, function: sql.Composed, batches: list[list[tuple[int, str, bool]]]
+) -> tuple[list[dict], str | None]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return _check_share(conn, function, batches)
+
+
+def _check_share(
+    conn: psycopg.Connection, function: sql.Composed, batches: list[list[tuple[int, str, bool]]]
 ) -> tuple[list[dict], str | None]:
     """(corrupt indexes with amcheck's error, why amcheck may not run here) for these batches, on one connection."""
     corrupt: list[dict] = []
     many = sql.SQL("SELECT count({}(i::regclass, h)) FROM unnest(%s::oid[], %s::bool[]) AS x(i, h)").format(function)
     one = sql.SQL("SELECT {}(%s::oid::regclass, %s)").format(function)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        for batch in batches:
+    for batch in batches:
+        try:
+            conn.execute(many, [[oid for oid, _, _ in batch], [heap for _, _, heap in batch]])
+            continue
+        except psycopg.errors.InsufficientPrivilege as exc:
+            return [], f"amcheck not permitted on the check server: {one_line(str(exc))}"
+        except psycopg.Error:
+            pass  # some index of this batch is corrupt: find which, one by one
+        for oid, name, heap in batch:
             try:
-                conn.execute(many, [[oid for oid, _, _ in batch], [heap for _, _, heap in batch]])
-                continue
-            except psycopg.errors.InsufficientPrivilege as exc:
-                return [], f"amcheck not permitted on the check server: {one_line(str(exc))}"
-            except psycopg.Error:
-                pass  # some index of this batch is corrupt: find which, one by one
-            for oid, name, heap in batch:
-                try:
-                    conn.execute(one, [oid, heap])
-                except psycopg.Error as exc:
-                    corrupt.append({"index": name, "error": one_line(str(exc))})
+                conn.execute(one, [oid, heap])
+            except psycopg.Error as exc:
+                corrupt.append({"index": name, "error": one_line(str(exc))})
     return corrupt, None
