@@ -129,8 +129,8 @@ def compare_restored(
         present = existing_tables(conn, hashed)
     read = [key for key in hashed if key in present]  # a missing table: -1, like its count
     contents = dict(zip(read, restored_content(dsn, spec, read, psql, workers), strict=True))
-    counted = {(r["schema"], r["table"]): r for r in
-               restored_counts(dsn, [r for r in expected if (r["schema"], r["table"]) in reasons], workers)}
+    by_count = [r for r in expected if (r["schema"], r["table"]) in reasons]
+    counted = {(r["schema"], r["table"]): r for r in restored_counts(dsn, by_count, workers)} if by_count else {}
     rows = []
     for row in expected:
         key = (row["schema"], row["table"])
