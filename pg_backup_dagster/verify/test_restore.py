@@ -184,8 +184,8 @@ def restore_and_compare(
             return report
         report.errors, report.accepted_errors = pg_restore_into(tools, archive, dsn, jobs, accepted_errors or [])
         report.seconds = time.monotonic() - started
-        # amcheck beside the rows' COPYs (both only read the restored database): on the measured 2 cores it then
-        # costs about a third of what it adds after them (benchmarks/README.md)
+        # amcheck beside the rows' COPYs (both only read the restored database), which leave a core partly idle: at
+        # 500 tables on 2 cores it added 0.13-0.32 s there against 0.48 s after them (benchmarks/README.md)
         with ThreadPoolExecutor(max_workers=1) as pool:
             indexes = (pool.submit(check_btree_indexes, dsn, heapallindexed, max(1, jobs // 2))
                        if amcheck and not report.errors else None)
