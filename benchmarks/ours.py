@@ -159,7 +159,7 @@ def split_only(tools: PgTools, dsn: str, archive: Path, out_dir: Path) -> dict:
 
 def restore_check(
     tools: PgTools, archive: Path, expected: list[dict], restore_url: str | None, jobs: int, source_dsn: str | None,
-    amcheck: bool | None = None,
+    amcheck: bool | None = None, heapallindexed: bool = False,
 ) -> dict:
     """`restore_and_compare` as the full_dump check calls it: with `source_dsn`, content hashes (taken from the
     archive before the clock starts) and amcheck (unless `amcheck` is False), as it runs since issue 17; without,
@@ -170,7 +170,8 @@ def restore_check(
     with measured() as sample:
         server = choose_check_server(archive, restore_url, tools.major)
         report = restore_and_compare(tools, archive, expected, server=server, jobs=jobs, content=spec,
-                                     amcheck=spec is not None if amcheck is None else amcheck)
+                                     amcheck=spec is not None if amcheck is None else amcheck,
+                                     heapallindexed=heapallindexed)
     identical = sum(1 for row in report.tables if row.get("content") == "identical")
     return {
         **sample.as_dict(),
@@ -179,6 +180,7 @@ def restore_check(
         "tables_checked": len(report.tables),
         "tables_content_identical": identical,
         "indexes_amchecked": report.amcheck.checked if report.amcheck else 0,
+        "indexes_heapallindexed": report.amcheck.heapallindexed if report.amcheck else 0,
     }
 
 

@@ -43,6 +43,7 @@ MAX_RUNTIME_ENV = "PG_BACKUP_MAX_RUNTIME_MINUTES"  # minutes, or `off` for no li
 ACCEPTED_RESTORE_ERRORS_ENV = "PG_BACKUP_ACCEPTED_RESTORE_ERRORS"  # one regex per line
 UNVERIFIABLE_ENV = "PG_BACKUP_UNVERIFIABLE"  # fail (default) or warn
 RTO_BUDGET_ENV = "PG_BACKUP_RTO_BUDGET_SECONDS"  # the env-configured source: restore time budget of its check
+HEAPALLINDEXED_ENV = "PG_BACKUP_AMCHECK_HEAPALLINDEXED"  # the env-configured source: on/off (default off)
 DAGSTER_PG_URL_ENV = "DAGSTER_PG_URL"
 DAGSTER_HOME_ENV = "DAGSTER_HOME"
 
@@ -97,6 +98,7 @@ class SourceConfig:
     retention_verify: str = "size"  # what retention re-checks before deleting: "size" (and existence) or "sha256"
     unverifiable: str = "fail"  # no check server can restore the backup: fail, or warn and publish it unverified
     rto_budget_seconds: float | None = None  # a test restore slower than this warns (never blocks the backup)
+    amcheck_heapallindexed: bool = False  # the full check's amcheck also proves every row has its index entries
 
     def __post_init__(self) -> None:
         _check(SOURCE_NAME_RE.match(self.name) is not None, "name", f"{self.name!r} must match [a-z][a-z0-9_]*")
@@ -135,6 +137,7 @@ class SourceConfig:
                 raise BackupError(f"invalid config field '{name}': {exc}") from None
         _check(self.rto_budget_seconds is None or (_is_number(self.rto_budget_seconds) and self.rto_budget_seconds > 0),
                "rto_budget_seconds", "must be a positive number of seconds, or null for no budget")
+        _check(isinstance(self.amcheck_heapallindexed, bool), "amcheck_heapallindexed", "must be true or false")
         _check(self.retention_verify in RECHECK_MODES, "retention_verify",
                f"{self.retention_verify!r} must be one of {', '.join(RECHECK_MODES)}")
         for pattern in self.accepted_restore_errors:
@@ -288,7 +291,16 @@ def source_from_env(env: dict[str, str]) -> SourceConfig:
         values["unverifiable"] = env[UNVERIFIABLE_ENV].strip().lower()
     if env.get(RTO_BUDGET_ENV):
         values["rto_budget_seconds"] = _number_env(env, RTO_BUDGET_ENV, float)
+    if env.get(HEAPALLINDEXED_ENV):
+        values["amcheck_heapallindexed"] = _switch_env(env, HEAPALLINDEXED_ENV)
     return source_from_mapping(values, "from environment")
+
+
+def _switch_env(env: dict[str, str], key: str) -> bool:
+    value = env[key].strip().lower()
+    if value not in ("on", "off", "true", "false", "1", "0"):
+        raise BackupError(f"invalid {key}: {env[key]!r} is not on or off")
+    return value in ("on", "true", "1")
 
 
 def _number_env(env: dict[str, str], key: str, kind: type[int] | type[float]) -> int | float:

@@ -87,7 +87,9 @@ def test_content_cost_compares_the_check_with_and_without_content():
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "identical in content 6/6, indexes amchecked 12" in result.stdout
+    assert "identical in content 6/6, indexes amchecked 12, heapallindexed 0)" in result.stdout
+    assert "identical in content 6/6, indexes amchecked 12, heapallindexed 12)" in result.stdout
     assert "identical in content 6/6, indexes amchecked 0" in result.stdout
     assert "6 tables, 300 rows: content hashes / counts only = " in result.stdout
     assert "6 tables, 300 rows: content + amcheck / counts only = " in result.stdout
+    assert "6 tables, 300 rows: ... + heapallindexed / counts only = " in result.stdout

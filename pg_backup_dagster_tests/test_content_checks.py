@@ -26,7 +26,7 @@ from pg_backup_dagster.backup.dumps import dump_full_and_schemas
 from pg_backup_dagster.backup.manifest import parse_manifest
 from pg_backup_dagster.backup.staging import Staging
 from pg_backup_dagster.backup.step import StepContext
-from pg_backup_dagster.config import RTO_BUDGET_ENV, SourceConfig, source_from_env
+from pg_backup_dagster.config import HEAPALLINDEXED_ENV, RTO_BUDGET_ENV, SourceConfig, source_from_env
 from pg_backup_dagster.defs.run import run_backup
 from pg_backup_dagster.errors import BackupError
 from pg_backup_dagster.pg.source import SourceDatabase
@@ -113,6 +113,7 @@ def test_every_table_is_identical_in_content_after_the_full_and_the_table_restor
     assert per_table["passed"] and per_table["content_not_compared"] == {}, per_table
     assert "also identical in content" in per_table["description"]
     assert full["amcheck"] == "ran" and full["indexes_checked"] >= 3 and full["indexes_corrupt"] == 0
+    assert full["indexes_heapallindexed"] == 0  # structure and order only, by default
 
 
 def test_verify_with_a_full_restore_proves_content(published):
@@ -191,13 +192,18 @@ CREATE INDEX t_by_cmp ON public.t (v public.int4_by_cmp);
 
 
 def test_amcheck_finds_every_index_of_a_sound_database_sound(pg18):
-    report = check_btree_indexes(create_database(pg18, "sound", CORRUPTIBLE))
+    dsn = create_database(pg18, "sound", CORRUPTIBLE)
+    report = check_btree_indexes(dsn)  # structure and order only, the default
+    assert report.unavailable is None and report.corrupt == []
+    assert report.checked == 2 and report.heapallindexed == 0
+    report = check_btree_indexes(dsn, heapallindexed=True)
     assert report.unavailable is None and report.corrupt == []
     assert report.checked == 2 and report.heapallindexed == 2
 
 
 def test_amcheck_names_an_index_whose_order_no_longer_holds(pg18):
-    """The operator class's comparison is reversed after the index was built: its entries are out of order."""
+    """The operator class's comparison is reversed after the index was built: its entries are out of order. The
+    structure check finds it without heapallindexed (the default)."""
     dsn = create_database(pg18, "corrupt", CORRUPTIBLE)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("CREATE OR REPLACE FUNCTION public.cmp(int, int) RETURNS int LANGUAGE sql IMMUTABLE "
@@ -258,6 +264,17 @@ def test_a_restore_over_its_rto_budget_warns_and_still_publishes(pg18, tmp_path,
     record = manifest.checks["full_dump_restores"]
     assert manifest.passed and record.passed and "RTO budget" in (record.model_extra or {})["warning"]
     assert manifest.tables[0].sha256 and "(1 also identical in content)" in record.description, "tier off: hashed"
+
+
+def test_heapallindexed_is_off_by_default_and_a_setting_of_the_source():
+    assert SourceConfig().amcheck_heapallindexed is False
+    assert source_from_env({}).amcheck_heapallindexed is False
+    assert source_from_env({HEAPALLINDEXED_ENV: "on"}).amcheck_heapallindexed is True
+    assert source_from_env({HEAPALLINDEXED_ENV: "off"}).amcheck_heapallindexed is False
+    with pytest.raises(BackupError, match=HEAPALLINDEXED_ENV):
+        source_from_env({HEAPALLINDEXED_ENV: "sometimes"})
+    with pytest.raises(BackupError, match="'amcheck_heapallindexed'"):
+        SourceConfig(amcheck_heapallindexed="yes")  # type: ignore[arg-type]
 
 
 def test_rto_budget_from_the_environment_and_its_validation():

@@ -119,7 +119,7 @@ def verify_backup(
             report.restore = restore_and_compare(
                 tools, full_archive, [asdict(t) for t in manifest.tables], server=server,
                 jobs=source.restore_jobs, accepted_errors=list(source.accepted_restore_errors),
-                content=spec, amcheck=True,
+                content=spec, amcheck=True, heapallindexed=source.amcheck_heapallindexed,
             )
     if report.passed:
         report.note = record_verified(backup, "sha256+restore" if report.restore else "sha256")

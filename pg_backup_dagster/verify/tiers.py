@@ -143,6 +143,7 @@ def check_full_restore(step: StepContext, source: SourceConfig, stub_roles: Sequ
     report = restore_and_compare(
         step.pg.tools(), step.staging.full_dump, expected, server=server, jobs=source.restore_jobs,
         accepted_errors=list(source.accepted_restore_errors), stub_roles=stub_roles, content=spec, amcheck=True,
+        heapallindexed=source.amcheck_heapallindexed,
     )
     rows = sum(max(r["restored"], 0) for r in report.tables)
     content = _content_metadata(report, spec)
