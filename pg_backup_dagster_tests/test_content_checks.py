@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
 import zlib
 from collections.abc import Callable
@@ -45,7 +46,7 @@ from pg_backup_dagster.tiers.content import archive_digests
 from pg_backup_dagster.verify.amcheck import check_btree_indexes
 from pg_backup_dagster.verify.content import ContentSpec, MarkedStream, not_comparable, restored_content
 from pg_backup_dagster.verify.tiers import check_table_files
-from pg_backup_dagster_tests.helpers import create_database
+from pg_backup_dagster_tests.helpers import create_database, table_fingerprints
 from pg_backup_dagster_tests.restore_helpers import (
     Published,
     back_up,
@@ -179,6 +180,27 @@ def test_full_restore_names_the_table_whose_rows_changed(published, tmp_path):
     named = [line.strip() for line in result.output.splitlines() if "content differs" in line]
     assert named == ["public.moved: expected 3000 rows, restored 3000, content differs"], result.output
 
+
+
+def test_clean_restore_refuses_a_database_whose_rows_differ_in_content_and_keeps_the_target(
+    published, tmp_path, pg18
+):
+    """Before: restore compared row counts only, so --clean switched a full archive with one row changed (same
+    count, file hashes recomputed: what a compromised storage could publish) in over a good database."""
+    assert published.folder is not None
+    archive = f"database_full_{published.backup_id}.dump"
+    changed = with_rows_changed(published.folder / archive, b"moved", change_row, tmp_path / "changed.dump")
+    copy = tampered_copy(published, tmp_path / "copy", archive, lambda _: changed)
+    target = pg18.dsn(f"clean_content_{os.getpid()}")
+    good = cli(published, "restore", published.backup_id, "--create-db", env={"PG_BACKUP_RESTORE_TO": target})
+    assert good.exit_code == 0, good.output
+    assert "rows identical to the dump by content hash" in good.output
+    before = table_fingerprints(target)
+    result = cli(copy, "restore", copy.backup_id, "--clean", env={"PG_BACKUP_RESTORE_TO": target})
+    assert result.exit_code != 0
+    assert '"public"."moved" (expected 3000 rows, restored 3000, content differs)' in result.output, result.output
+    assert "untouched" in result.output
+    assert table_fingerprints(target) == before
 
 CORRUPTIBLE = """
 CREATE FUNCTION public.cmp(int, int) RETURNS int LANGUAGE sql IMMUTABLE

@@ -13,7 +13,7 @@ import re
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import psycopg
@@ -40,7 +40,8 @@ from pg_backup_dagster.restore.target import (
 from pg_backup_dagster.storage import BackupRepository, open_source_storage
 from pg_backup_dagster.storage.base import concurrently
 from pg_backup_dagster.tiers.table_split import TableDump
-from pg_backup_dagster.verify.test_restore import restored_counts
+from pg_backup_dagster.verify.content import ContentSpec
+from pg_backup_dagster.verify.test_restore import DIFFERS, compare_restored, differing_rows
 
 TARGET_ENV = RESTORE_TO_ENV
 TIERS = ("full", "schema", "table", "roles")
@@ -331,16 +332,25 @@ def _schema_entry(backup: OpenedBackup, schema: str) -> FileEntry:
     raise BackupError(f"schema {schema!r} is not in backup {backup.backup_id} (schemas: {known})")
 
 
-def _check_counts(backup: OpenedBackup, dsn: str) -> None:
-    """Every table of the manifest holds exactly the rows it had at dump time, else a one-line error."""
-    expected = [{"schema": t.schema, "table": t.table, "rows": t.rows} for t in backup.manifest.tables]
-    differing = [r for r in restored_counts(dsn, expected) if r["expected"] != r["restored"]]
+def _check_rows(backup: OpenedBackup, archive: Path, psql: str, dsn: str, jobs: int) -> str:
+    """Every table of the manifest holds the rows it had at dump time: the same content hash where the backup has
+    one (manifest format 2, what the checks compared), else the same count; a one-line error otherwise. Returns
+    how the rows were compared, for the step line."""
+    manifest = backup.manifest
+    spec = ContentSpec.of_archive(archive, manifest.copy_settings, manifest.server_major)
+    rows, by_count = compare_restored(dsn, [asdict(t) for t in manifest.tables], spec, psql, jobs)
+    differing = differing_rows(rows)
     if differing:
         shown = ", ".join(
-            f"{quote_ident(r['schema'], r['table'])} (expected {r['expected']}, restored {r['restored']})"
+            f"{quote_ident(r['schema'], r['table'])} (expected {r['expected']} rows, restored {r['restored']}"
+            f"{', content differs' if r['content'] == DIFFERS else ''})"
             for r in differing[:5]
         )
-        raise BackupError(f"the restored database differs from the backup's row counts: {shown}")
+        raise BackupError(f"the restored database differs from the backup: {shown}")
+    if spec is None or len(by_count) == len(rows):
+        return "row counts match the manifest"
+    counted = f"; {len(by_count)} by row count only" if by_count else ""
+    return f"rows identical to the dump by content hash{counted}"
 
 
 def _restore_full(
@@ -358,22 +368,27 @@ def _restore_full(
             tools, archive, dsn, jobs=request.jobs, clean=False, server_major=major, single_transaction=single
         ))
 
+    compared: list[str] = []
+
+    def check(dsn: str) -> None:
+        compared.append(_check_rows(backup, archive, tools.path("psql"), dsn, request.jobs))
+
     if created:
         restore_into(request.target_dsn, single=False)
-        _check_counts(backup, request.target_dsn)
-        result.steps.append(f"full database from {rel} (row counts match the manifest)")
+        check(request.target_dsn)
+        result.steps.append(f"full database from {rel} ({compared[0]})")
     elif request.clean:
         result.notes += replace_database(
             request.target_dsn,
             backup.backup_id,
             lambda dsn: restore_into(dsn, single=False),
-            lambda dsn: _check_counts(backup, dsn),
+            check,
             old_database=request.old_database,
             terminate_sessions=request.terminate_sessions,
             log=log,
         )
         result.steps.append(
-            f"full database from {rel} into a new database, row counts checked, switched in under the target's name"
+            f"full database from {rel} into a new database ({compared[0]}), switched in under the target's name"
         )
     else:
         conflicts = conflicting_objects(request.target_dsn, archive)

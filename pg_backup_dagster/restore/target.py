@@ -2,7 +2,7 @@
 
 A whole-database restore into a database that already holds objects (`--clean`) never touches it until the
 restore is known good: the backup is restored into a new database on the same server (a temporary name),
-its row counts are compared with the manifest, and only then, in one transaction, the old database is
+its rows are compared with the manifest (content hashes and counts), and only then, in one transaction, the old database is
 renamed away (`<name>_before_<backup_id>`, or dropped) and the new one takes the target's name. Renaming
 needs every other session off both databases: the blocking sessions are named, or terminated when asked.
 On any failure the new database is dropped and the target is exactly as it was.

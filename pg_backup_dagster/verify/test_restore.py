@@ -41,7 +41,7 @@ class RestoreReport:
 
     @property
     def differing(self) -> list[dict]:
-        return [t for t in self.tables if t["expected"] != t["restored"] or t.get("content") == DIFFERS]
+        return differing_rows(self.tables)
 
     @property
     def passed(self) -> bool:
@@ -114,6 +114,11 @@ def restored_counts(dsn: str, expected: list[dict], workers: int = 1) -> list[di
 
 
 IDENTICAL, DIFFERS, COUNT_ONLY = "identical", "differs", "count only"
+
+
+def differing_rows(rows: list[dict]) -> list[dict]:
+    """The compared tables whose restored rows are not the dumped ones: another count, or another content hash."""
+    return [r for r in rows if r["expected"] != r["restored"] or r.get("content") == DIFFERS]
 
 
 def compare_restored(

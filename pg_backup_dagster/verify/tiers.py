@@ -25,10 +25,10 @@ from pg_backup_dagster.tiers.table_split import TableDump
 from pg_backup_dagster.verify.check_server import CheckServer, NoCheckServer, choose_check_server
 from pg_backup_dagster.verify.content import ContentSpec
 from pg_backup_dagster.verify.test_restore import (
-    DIFFERS,
     IDENTICAL,
     RestoreReport,
     compare_restored,
+    differing_rows,
     restore_and_compare,
     restored_counts,
     scratch_database,
@@ -246,7 +246,7 @@ def check_table_files(step: StepContext, source: SourceConfig, stub_roles: Seque
             rows, not_compared = _restore_sample(step, server, chosen, tier, dumped, stub_roles, spec)
         except BackupError as exc:
             error = str(exc)
-    differing = [r for r in rows if r["expected"] != r["restored"] or r["content"] == DIFFERS]
+    differing = differing_rows(rows)
     identical = sum(1 for r in rows if r["content"] == IDENTICAL)
     passed = not (missing or absent or differing or error)
     parents = len(tier.tables) - len(dumped)  # partitioned tables: a folder each, no rows of their own
