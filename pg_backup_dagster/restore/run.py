@@ -41,7 +41,7 @@ from pg_backup_dagster.storage import BackupRepository, open_source_storage
 from pg_backup_dagster.storage.base import concurrently
 from pg_backup_dagster.tiers.table_split import TableDump
 from pg_backup_dagster.verify.content import ContentSpec
-from pg_backup_dagster.verify.test_restore import DIFFERS, compare_restored, differing_rows
+from pg_backup_dagster.verify.test_restore import compare_restored, differences_text, differing_rows
 
 TARGET_ENV = RESTORE_TO_ENV
 TIERS = ("full", "schema", "table", "roles")
@@ -341,12 +341,7 @@ def _check_rows(backup: OpenedBackup, archive: Path, psql: str, dsn: str, jobs: 
     rows, by_count = compare_restored(dsn, [asdict(t) for t in manifest.tables], spec, psql, jobs)
     differing = differing_rows(rows)
     if differing:
-        shown = ", ".join(
-            f"{quote_ident(r['schema'], r['table'])} (expected {r['expected']} rows, restored {r['restored']}"
-            f"{', content differs' if r['content'] == DIFFERS else ''})"
-            for r in differing[:5]
-        )
-        raise BackupError(f"the restored database differs from the backup: {shown}")
+        raise BackupError(f"the restored database differs from the backup: {differences_text(differing, 5)}")
     if spec is None or len(by_count) == len(rows):
         return "row counts match the manifest"
     counted = f"; {len(by_count)} by row count only" if by_count else ""

@@ -121,6 +121,18 @@ def differing_rows(rows: list[dict]) -> list[dict]:
     return [r for r in rows if r["expected"] != r["restored"] or r.get("content") == DIFFERS]
 
 
+def differences_text(rows: list[dict], shown: int = 10) -> str:
+    """Differing tables in one line: another count, or the same count with other content."""
+
+    def one(r: dict) -> str:
+        if r["expected"] != r["restored"]:
+            return f"{r['schema']}.{r['table']} (expected {r['expected']}, restored {r['restored']})"
+        return f"{r['schema']}.{r['table']} (rows differ in content, same count {r['restored']})"
+
+    texts = [one(r) for r in rows]
+    return ", ".join(texts[:shown]) + (f" and {len(texts) - shown} more" if len(texts) > shown else "")
+
+
 def compare_restored(
     dsn: str, expected: list[dict], spec: ContentSpec | None, psql: str, workers: int = 1
 ) -> tuple[list[dict], dict[str, str]]:

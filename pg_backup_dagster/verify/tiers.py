@@ -28,6 +28,7 @@ from pg_backup_dagster.verify.test_restore import (
     IDENTICAL,
     RestoreReport,
     compare_restored,
+    differences_text,
     differing_rows,
     restore_and_compare,
     restored_counts,
@@ -87,15 +88,6 @@ def _first_ten(items: list[str]) -> str:
     return ", ".join(items[:10]) + (f" and {len(items) - 10} more" if len(items) > 10 else "")
 
 
-def _differences_text(rows: list[dict]) -> str:
-    def one(r: dict) -> str:
-        if r["expected"] != r["restored"]:
-            return f"{r['schema']}.{r['table']} (expected {r['expected']}, restored {r['restored']})"
-        return f"{r['schema']}.{r['table']} (rows differ in content, same count {r['restored']})"
-
-    return _first_ten([one(r) for r in rows])
-
-
 def _content_metadata(report: RestoreReport, spec: ContentSpec | None) -> dict[str, Any]:
     """How many tables were proven by content, which only by count and why (never silently)."""
     identical = sum(1 for r in report.tables if r.get("content") == IDENTICAL)
@@ -110,7 +102,7 @@ def _description(report: RestoreReport) -> str:
         return f"pg_restore failed: {report.errors[0]}"
     problems = []
     if report.differing:
-        problems.append(f"{len(report.differing)} table(s) differ: {_differences_text(report.differing)}")
+        problems.append(f"{len(report.differing)} table(s) differ: {differences_text(report.differing)}")
     if report.amcheck and report.amcheck.corrupt:
         named = ", ".join(f"{c['index']} ({c['error']})" for c in report.amcheck.corrupt[:5])
         problems.append(f"amcheck found {len(report.amcheck.corrupt)} corrupt index(es): {named}")
@@ -260,7 +252,7 @@ def check_table_files(step: StepContext, source: SourceConfig, stub_roles: Seque
             f"missing files: {', '.join(missing[:5])}" if missing else "",
             f"tables without files: {', '.join(absent[:5])}" if absent else "",
             f"restore failed: {error}" if error else "",
-            f"{len(differing)} table(s) differ: {_differences_text(differing)}" if differing else "",
+            f"{len(differing)} table(s) differ: {differences_text(differing)}" if differing else "",
         ]))
     )
     return CheckOutcome(
