@@ -35,3 +35,8 @@ def one_line(text: str, limit: int = 400) -> str:
     """Collapse a multi-line tool message into one line a log reader can scan."""
     flat = " ".join(part.strip() for part in text.strip().splitlines() if part.strip())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def first_of(items: list[str], shown: int = 10) -> str:
+    """A list short enough for a one-line message: the first `shown` items and how many more."""
+    return ", ".join(items[:shown]) + (f" and {len(items) - shown} more" if len(items) > shown else "")

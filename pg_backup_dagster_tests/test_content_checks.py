@@ -181,7 +181,6 @@ def test_full_restore_names_the_table_whose_rows_changed(published, tmp_path):
     assert named == ["public.moved: expected 3000 rows, restored 3000, content differs"], result.output
 
 
-
 def test_clean_restore_refuses_a_database_whose_rows_differ_in_content_and_keeps_the_target(
     published, tmp_path, pg18
 ):
@@ -201,6 +200,7 @@ def test_clean_restore_refuses_a_database_whose_rows_differ_in_content_and_keeps
     assert "public.moved (rows differ in content, same count 3000)" in result.output, result.output
     assert "untouched" in result.output
     assert table_fingerprints(target) == before
+
 
 CORRUPTIBLE = """
 CREATE FUNCTION public.cmp(int, int) RETURNS int LANGUAGE sql IMMUTABLE

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from pg_backup_dagster.cli.app import SourceOption, app, clean_errors, fail, progress_printer, selected_source
+from pg_backup_dagster.errors import first_of
 
 
 @app.command()
@@ -46,8 +47,7 @@ def verify(
         for table, why in r.not_compared.items():
             by_reason.setdefault(why, []).append(table)
         for why, tables in by_reason.items():
-            shown = ", ".join(tables[:10]) + (f" and {len(tables) - 10} more" if len(tables) > 10 else "")
-            typer.echo(f"  compared by count only ({why}): {shown}")
+            typer.echo(f"  compared by count only ({why}): {first_of(tables)}")
         if r.amcheck is not None:
             typer.echo(f"  amcheck: {r.amcheck.unavailable or f'{r.amcheck.checked} B-tree indexes checked'}")
             for bad in r.amcheck.corrupt:

@@ -2,9 +2,10 @@
 
 A whole-database restore into a database that already holds objects (`--clean`) never touches it until the
 restore is known good: the backup is restored into a new database on the same server (a temporary name),
-its rows are compared with the manifest (content hashes and counts), and only then, in one transaction, the old database is
-renamed away (`<name>_before_<backup_id>`, or dropped) and the new one takes the target's name. Renaming
-needs every other session off both databases: the blocking sessions are named, or terminated when asked.
+its rows are compared with the manifest (content hashes and counts), and only then, in one transaction, the
+old database is renamed away (`<name>_before_<backup_id>`, or dropped) and the new one takes the target's
+name. Renaming needs every other session off both databases: the blocking sessions are named, or terminated
+when asked.
 On any failure the new database is dropped and the target is exactly as it was.
 """
 
@@ -20,7 +21,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from pg_backup_dagster.errors import BackupError, one_line
+from pg_backup_dagster.errors import BackupError, first_of, one_line
 from pg_backup_dagster.pg.sql import SYSTEM_SCHEMA_FILTER, quote_ident
 from pg_backup_dagster.tiers.archive import UnsupportedArchive, read_archive
 
@@ -127,7 +128,7 @@ def _any_user_relation(dsn: str) -> list[str]:
 
 
 def conflict_message(what: str, found: list[str], clean_hint: str) -> str:
-    shown = ", ".join(found[:8]) + (f" and {len(found) - 8} more" if len(found) > 8 else "")
+    shown = first_of(found, 8)
     # the next step before the list: a long list is cut at the end of the one-line error, the hint never is
     return f"{what} already holds {len(found)} object(s) of the backup; nothing was restored. {clean_hint} Found: {shown}"
 
@@ -148,8 +149,7 @@ def other_sessions(admin: psycopg.Connection, names: list[str]) -> list[tuple[in
 
 
 def _sessions_text(sessions: list[tuple[int, str, str]]) -> str:
-    shown = ", ".join(f"pid {pid} ({app or 'no application_name'}) on {db}" for pid, app, db in sessions[:8])
-    return shown + (f" and {len(sessions) - 8} more" if len(sessions) > 8 else "")
+    return first_of([f"pid {pid} ({app or 'no application_name'}) on {db}" for pid, app, db in sessions], 8)
 
 
 def clear_sessions(admin: psycopg.Connection, names: list[str], terminate: bool) -> list[str]:

@@ -16,7 +16,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pg_backup_dagster.backup.row_counts import COUNT_BATCH, count_rows
-from pg_backup_dagster.errors import BackupError, one_line, register_secret
+from pg_backup_dagster.errors import BackupError, first_of, one_line, register_secret
 from pg_backup_dagster.pg.local_server import ephemeral_server
 from pg_backup_dagster.pg.sql import existing_tables
 from pg_backup_dagster.pg.tools import PgTools
@@ -129,8 +129,7 @@ def differences_text(rows: list[dict], shown: int = 10) -> str:
             return f"{r['schema']}.{r['table']} (expected {r['expected']}, restored {r['restored']})"
         return f"{r['schema']}.{r['table']} (rows differ in content, same count {r['restored']})"
 
-    texts = [one(r) for r in rows]
-    return ", ".join(texts[:shown]) + (f" and {len(texts) - shown} more" if len(texts) > shown else "")
+    return first_of([one(r) for r in rows], shown)
 
 
 def compare_restored(

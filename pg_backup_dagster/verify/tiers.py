@@ -14,7 +14,7 @@ from pg_backup_dagster.backup.manifest import tables_phrase
 from pg_backup_dagster.backup.state import CheckRecord, DumpsState, TablesState
 from pg_backup_dagster.backup.step import StepContext
 from pg_backup_dagster.config import SourceConfig
-from pg_backup_dagster.errors import BackupError, one_line
+from pg_backup_dagster.errors import BackupError, first_of, one_line
 from pg_backup_dagster.files import throughput
 from pg_backup_dagster.pg.local_server import ephemeral_server
 from pg_backup_dagster.pg.profiles import roles_sql_has_password_hash
@@ -72,7 +72,7 @@ def _no_check_server(source: SourceConfig, problem: NoCheckServer, started: floa
     details = {"missing": problem.missing, "not_verified": problem.objects}
     if source.unverifiable != "warn":
         return CheckOutcome(False, str(problem), {"missing": ", ".join(problem.missing)}, details, seconds)
-    objects = _first_ten(problem.objects)
+    objects = first_of(problem.objects)
     reason = (f"no test restore ran: no check server has {', '.join(problem.missing)}"
               + (f"; objects needing it, not verified: {objects}" if objects else ""))
     return CheckOutcome(
@@ -81,11 +81,6 @@ def _no_check_server(source: SourceConfig, problem: NoCheckServer, started: floa
          "restore_ran": False},
         details, seconds, unverified=reason,
     )
-
-
-def _first_ten(items: list[str]) -> str:
-    """A list short enough for one description line."""
-    return ", ".join(items[:10]) + (f" and {len(items) - 10} more" if len(items) > 10 else "")
 
 
 def _content_metadata(report: RestoreReport, spec: ContentSpec | None) -> dict[str, Any]:
